@@ -1,0 +1,13 @@
+"""dopamine_fast: training without back-propagation by weight perturbation, with the Dopamine optimizer.
+
+Fused kernels (C++/CUDA, Triton) regenerate the perturbation noise from a counter-based generator, evaluate many
+perturbed copies of a network in one batched pass and apply the reward-prediction-error-scaled update; the pure
+PyTorch reference runs everywhere else. ``backend_info()`` says which backend each op uses.
+"""
+
+from . import ops
+from .backends import backend_info, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "backend_info", "use_backend", "__version__"]

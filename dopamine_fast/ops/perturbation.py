@@ -1,0 +1,69 @@
+"""Shared pieces of the reference ops: member chunks and perturbed matrix products.
+
+A chunk of members regenerates the noise of its own noise ids only, so the references hold at most
+``chunk x P`` normals, never ``K x P``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .members import member_noise_ids
+from .noise import low_rank_numel, noise_reference
+
+# Upper bound on the normals one chunk of members materialises in the references.
+CHUNK_NORMALS = 1 << 22
+
+
+def member_chunks(num_members: int, normals_per_member: int):
+    """Consecutive ``(start, stop)`` ranges of members whose noise fits in ``CHUNK_NORMALS``."""
+    size = max(1, CHUNK_NORMALS // max(1, normals_per_member))
+    return [(m0, min(num_members, m0 + size)) for m0 in range(0, num_members, size)]
+
+
+class ChunkNoise:
+    """Noise of one parameter for the members ``[m0, m1)`` of a batched evaluation.
+
+    ``signs`` [m] scales each member's perturbation (0 for the unperturbed one); ``factors`` holds the
+    low-rank ``(A, B)`` of each member, or ``full`` the full-rank perturbation, both already gathered per member.
+    """
+
+    def __init__(self, shape, dtype, seed, step, stream, rank, m0, m1, num_members, baseline, antithetic, device):
+        ids, signs = member_noise_ids(num_members, baseline, antithetic, device=device)
+        ids, signs = ids[m0:m1], signs[m0:m1]
+        self.signs = signs.to(dtype)
+        self.rank = rank if len(shape) >= 2 else 0
+        first = int(ids.min()) if ids.numel() else 0
+        count = int(ids.max()) - first + 1 if ids.numel() else 0
+        v = noise_reference(seed, step, stream, first, count, low_rank_numel(shape, self.rank), device=device,
+                            dtype=dtype)[ids - first]
+        if self.rank:
+            out = shape[0]
+            self.a = v[:, : out * self.rank].reshape(len(ids), out, self.rank)
+            self.b = v[:, out * self.rank:].reshape(len(ids), -1, self.rank) / math.sqrt(self.rank)
+        else:
+            self.full = v.reshape(len(ids), *shape)
+
+    def matmul_t(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_k @ eps_k.T`` for each member k of the chunk, x of shape [m, rows, in]."""
+        if self.rank:
+            return torch.bmm(torch.bmm(x, self.b), self.a.transpose(1, 2))
+        return torch.bmm(x, self.full.transpose(1, 2))
+
+    def vector(self) -> torch.Tensor:
+        """Each member's full perturbation of a one-dimensional parameter: [m, n]."""
+        return self.full
+
+
+def apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "none":
+        return y
+    if activation == "tanh":
+        return torch.tanh(y)
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    raise ValueError(f"activation must be one of 'none', 'tanh', 'relu', 'sigmoid', got {activation!r}")

@@ -1,0 +1,118 @@
+"""perturbed_linear: the reference against an explicit construction, and every backend against the reference."""
+
+import pytest
+import torch
+from conftest import TOLERANCES, backend_device_pairs
+
+from dopamine_fast import ops, use_backend
+from dopamine_fast.ops import expand_noise, low_rank_numel, member_noise_ids, noise_reference, num_noise_ids
+
+K, B, IN, OUT = 3, 5, 37, 29
+ARGS = dict(seed=123, step=4, weight_stream=0, bias_stream=1, sigma=0.1)
+
+
+def explicit(x, w, b, num_members, rank, baseline, antithetic, activation, seed, step, weight_stream, bias_stream,
+             sigma):
+    """Materialise every member's weights from the spec and run a plain linear layer."""
+    ids, signs = member_noise_ids(num_members, baseline, antithetic)
+    n = max(1, num_noise_ids(num_members, baseline, antithetic))
+    ew = expand_noise(noise_reference(seed, step, weight_stream, 0, n, low_rank_numel(w.shape, rank),
+                                      dtype=w.dtype), w.shape, rank)
+    eb = noise_reference(seed, step, bias_stream, 0, n, w.shape[0], dtype=w.dtype)
+    xs = x if x.dim() == 3 else x.expand(num_members, *x.shape)
+    ys = []
+    for k in range(num_members):
+        wk = w + sigma * signs[k] * ew[ids[k]]
+        bk = b + sigma * signs[k] * eb[ids[k]]
+        ys.append(torch.nn.functional.linear(xs[k], wk, bk))
+    y = torch.stack(ys)
+    return {"none": y, "tanh": torch.tanh(y), "relu": torch.relu(y), "sigmoid": torch.sigmoid(y)}[activation]
+
+
+def make(dtype, shared, device="cpu", k=K):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((B, IN) if shared else (k, B, IN), generator=g, dtype=dtype)
+    w = torch.randn(OUT, IN, generator=g, dtype=dtype) / IN**0.5
+    b = torch.randn(OUT, generator=g, dtype=dtype)
+    return x.to(device), w.to(device), b.to(device)
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+@pytest.mark.parametrize("baseline,antithetic", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("shared", [True, False])
+def test_reference_matches_explicit(rank, baseline, antithetic, shared):
+    x, w, b = make(torch.float64, shared, k=4)
+    with use_backend("reference"):
+        got = ops.perturbed_linear(x, w, b, num_members=4, rank=rank, baseline=baseline, antithetic=antithetic,
+                                   activation="tanh", **ARGS)
+    expected = explicit(x, w, b, 4, rank, baseline, antithetic, "tanh", **ARGS)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rank", [0, 1, 3])
+@pytest.mark.parametrize("activation", ["none", "tanh", "relu", "sigmoid"])
+@pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
+def test_backend_matches_reference(backend, device, activation, rank, dtype):
+    for shared, baseline, antithetic in ((True, True, False), (False, False, True), (False, True, True)):
+        x, w, b = make(dtype, shared, device)
+        kwargs = dict(num_members=K, rank=rank, baseline=baseline, antithetic=antithetic, activation=activation,
+                      **ARGS)
+        with use_backend("reference"):
+            expected = ops.perturbed_linear(x.cpu(), w.cpu(), b.cpu(), **kwargs)
+        with use_backend(backend):
+            got = ops.perturbed_linear(x, w, b, **kwargs)
+        torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
+def test_backend_without_bias(backend, device):
+    x, w, _ = make(torch.float32, True, device)
+    kwargs = dict(num_members=K, rank=0, baseline=True, antithetic=False, activation="none", **ARGS)
+    with use_backend("reference"):
+        expected = ops.perturbed_linear(x.cpu(), w.cpu(), None, **kwargs)
+    with use_backend(backend):
+        got = ops.perturbed_linear(x, w, None, **kwargs)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_baseline_member_is_plain_forward_and_pairs_are_symmetric(backend):
+    if backend not in ops.backends.available_backends("perturbed_linear", "cpu"):
+        pytest.skip(f"{backend} not available")
+    x, w, b = make(torch.float64, True)
+    with use_backend(backend):
+        y = ops.perturbed_linear(x, w, b, num_members=5, rank=0, baseline=True, antithetic=True,
+                                 activation="none", **ARGS)
+    torch.testing.assert_close(y[0], torch.nn.functional.linear(x, w, b))
+    # Antithetic members 1 and 2 carry +eps and -eps: their mean is the unperturbed output (linear layer).
+    torch.testing.assert_close((y[1] + y[2]) / 2, y[0])
+    torch.testing.assert_close((y[3] + y[4]) / 2, y[0])
+    assert not torch.allclose(y[1], y[3])
+
+
+def test_opcheck():
+    x, w, b = make(torch.float32, False)
+    torch.library.opcheck(torch.ops.dopamine_fast.perturbed_linear.default,
+                          (x, w, b, 1, 2, 0, 1, 0.1, K, 1, True, False, "tanh"))
+
+
+@pytest.mark.parametrize("backend", ["cpp"])
+def test_opcheck_native(backend):
+    native = ops._native.native_op("perturbed_linear")
+    if native is None:
+        pytest.skip("native module not built")
+    x, w, b = make(torch.float32, True)
+    torch.library.opcheck(native, (x, w, b, 1, 2, 0, 1, 0.1, K, 0, True, True, "relu"))
+
+
+def test_bad_shapes():
+    x, w, b = make(torch.float32, True)
+    with pytest.raises(ValueError, match="x must be"):
+        ops.perturbed_linear(x[:, :5], w, b, num_members=K, **ARGS)
+    with pytest.raises(ValueError, match="bias"):
+        ops.perturbed_linear(x, w, b[:3], num_members=K, **ARGS)
+    with pytest.raises(ValueError, match="activation"):
+        ops.perturbed_linear(x, w, b, num_members=K, activation="gelu", **ARGS)
+    with pytest.raises(ValueError, match="rank"):
+        ops.perturbed_linear(x, w, b, num_members=K, rank=-1, **ARGS)

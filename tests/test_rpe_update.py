@@ -1,0 +1,65 @@
+"""rpe_update_: the reference against an explicit sum of noise; every backend against the reference."""
+
+import pytest
+import torch
+from conftest import TOLERANCES, backend_device_pairs
+
+from dopamine_fast import ops, use_backend
+from dopamine_fast.ops import expand_noise, low_rank_numel, noise_reference
+
+SHAPES = [(29, 37), (13,), (3, 4, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_reference_matches_explicit(shape, rank):
+    g = torch.Generator().manual_seed(2)
+    p = torch.randn(shape, generator=g, dtype=torch.float64)
+    coeffs = torch.randn(6, generator=g, dtype=torch.float64)
+    before = p.clone()
+    with use_backend("reference"):
+        ops.rpe_update_(p, coeffs, seed=5, step=3, stream=2, rank=rank, alpha=-0.3)
+    r = rank if len(shape) >= 2 else 0
+    eps = expand_noise(noise_reference(5, 3, 2, 0, 6, low_rank_numel(shape, r), dtype=torch.float64), shape, r)
+    torch.testing.assert_close(p, before - 0.3 * torch.einsum("j,j...->...", coeffs, eps))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rank", [0, 1, 3])
+@pytest.mark.parametrize("backend,device", backend_device_pairs("rpe_update_"))
+def test_backend_matches_reference(backend, device, shape, rank, dtype):
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(shape, generator=g, dtype=dtype)
+    coeffs = torch.randn(5, generator=g, dtype=dtype)
+    expected = p.clone()
+    with use_backend("reference"):
+        ops.rpe_update_(expected, coeffs, seed=8, step=1, stream=4, rank=rank, alpha=0.7)
+    got = p.to(device)
+    with use_backend(backend):
+        ops.rpe_update_(got, coeffs.to(device), seed=8, step=1, stream=4, rank=rank, alpha=0.7)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs("rpe_update_"))
+def test_backend_writes_only_the_parameter(backend, device):
+    buf = torch.full((10, 41), float("nan"), device=device)
+    view = buf[2:7, 1:40]
+    view.zero_()
+    with use_backend(backend):
+        ops.rpe_update_(view, torch.ones(3, device=device), seed=1, step=1, stream=1, rank=0, alpha=1.0)
+    expected = torch.zeros(5, 39)
+    with use_backend("reference"):
+        ops.rpe_update_(expected, torch.ones(3), seed=1, step=1, stream=1, rank=0, alpha=1.0)
+    torch.testing.assert_close(view.cpu(), expected, **TOLERANCES[torch.float32])
+    assert torch.isnan(buf).sum() == 10 * 41 - 5 * 39
+
+
+def test_opcheck():
+    p = torch.randn(7, 9)
+    torch.library.opcheck(torch.ops.dopamine_fast.rpe_update_.default, (p, torch.randn(4), 1, 2, 3, 1, 0.5))
+
+
+def test_bad_coeffs():
+    with pytest.raises(ValueError, match="coeffs"):
+        ops.rpe_update_(torch.zeros(3), torch.zeros(2, 2), seed=1, step=0, stream=0)
