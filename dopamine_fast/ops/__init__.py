@@ -124,7 +124,9 @@ def _register_backends(op: str) -> None:
             return
         fn = getattr(module, op, None)
         if fn is not None:
-            backends.register(op, "triton", fn, device_types=("cuda", "cpu"), auto_device_types=("cuda",),
+            # CPU tensors only through the interpreter (tests); compiled Triton needs a GPU.
+            devices = ("cuda", "cpu") if _triton_support.interpreted() else ("cuda",)
+            backends.register(op, "triton", fn, device_types=devices, auto_device_types=("cuda",),
                               available=_triton_support.status)
 
 
