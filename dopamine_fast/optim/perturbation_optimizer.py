@@ -100,14 +100,21 @@ class PerturbationOptimizer(Optimizer):
 
     # -- stepping --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, closure: Optional[Callable] = None) -> float:
+    def step(self, closure: Optional[Callable] = None, *, population: Optional[Callable] = None, inputs=None,
+             targets=None) -> float:
         """One step with a closure that returns the model's current loss (evaluated without backward).
 
         Returns the unperturbed loss. The closure runs ``1 + K`` times, under ``torch.no_grad``.
+        With ``population`` (a ``dopamine_fast.Population`` of the model) instead of a closure, the ``1 + K``
+        members are evaluated on ``(inputs, targets)`` in one batched pass: ``population(plan(), inputs, targets)``.
         """
+        if population is not None:
+            if closure is not None:
+                raise ValueError(f"{type(self).__name__}.step takes a closure or a population, not both")
+            return self.step_from_losses(population(self.plan(), inputs, targets))
         if closure is None:
-            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss; "
-                             f"without gradients the optimizer must evaluate the model itself")
+            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss (or population=, "
+                             f"inputs=, targets=); without gradients the optimizer must evaluate the model itself")
         return self.step_from_losses(self._evaluate_in_place(closure, self.plan()))
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The generic path: any module, through ``torch.func.functional_call`` + ``torch.func.vmap`` over members.
+
+Members are evaluated in chunks; a chunk materialises its members' perturbed parameters [m, *shape] from the
+plan's noise (the same noise the fused ops and the drop-in step regenerate), so at most one chunk of perturbed
+parameters exists at a time and the chunk size never changes the result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .. import ops
+from ..optim.functional import ParamNoise, PerturbationPlan
+from .losses import member_losses
+
+# Perturbed parameters one chunk may hold when the user sets no chunk size.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+def member_parameters(pn: ParamNoise, plan: PerturbationPlan, ids: torch.Tensor,
+                      signs: torch.Tensor) -> torch.Tensor:
+    """``w + s_m sigma eps_m`` for the members with noise ids ``ids`` and signs ``signs``: [m, *w.shape]."""
+    p = pn.param.detach()
+    rank = pn.rank if p.dim() >= 2 else 0
+    first = int(ids.min())
+    count = int(ids.max()) - first + 1
+    v = ops.noise(plan.seed, plan.step, pn.stream, first, count, ops.low_rank_numel(p.shape, rank),
+                  device=p.device, dtype=p.dtype)
+    eps = ops.expand_noise(v, p.shape, rank)[(ids - first).to(p.device)]
+    scale = (signs.to(device=p.device, dtype=p.dtype) * pn.sigma).reshape(-1, *[1] * p.dim())
+    return eps.mul_(scale).add_(p)
+
+
+class GenericPath:
+    """Evaluates a model's members in chunks of ``chunk_size`` (None: as many as fit in DEFAULT_CHUNK_BYTES).
+
+    Modules that ``vmap`` cannot batch (``nn.LSTM``, for one) are evaluated member by member within each chunk,
+    with a one-time warning; the result is the same.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: Optional[int]):
+        self.model = model
+        self.chunk_size = chunk_size
+        self.batches_with_vmap = True
+
+    def __call__(self, plan: PerturbationPlan, noise: Dict[int, ParamNoise], inputs, targets,
+                 loss_fn: Callable) -> torch.Tensor:
+        perturbed = [(name, noise[id(p)]) for name, p in self.model.named_parameters() if id(p) in noise]
+        ids, signs = ops.member_noise_ids(plan.num_members, True, plan.antithetic)
+        size = self.chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(
+            1, sum(pn.param.numel() * pn.param.element_size() for _, pn in perturbed)))
+        losses = []
+        for m0 in range(0, plan.num_members, size):
+            m1 = min(plan.num_members, m0 + size)
+            params = {name: member_parameters(pn, plan, ids[m0:m1], signs[m0:m1]) for name, pn in perturbed}
+            outputs = self._forward(params, inputs, m1 - m0)
+            losses.append(member_losses(loss_fn, outputs, targets, m1 - m0))
+            del params, outputs  # the next chunk's parameters replace these, never sit beside them
+        return torch.cat(losses)
+
+    def _forward(self, params: Dict[str, torch.Tensor], inputs, count: int):
+        def call(member_params):
+            return functional_call(self.model, member_params, (inputs,))
+
+        if self.batches_with_vmap:
+            try:
+                return vmap(call, randomness="different")(params)
+            except Exception as err:  # noqa: BLE001  (the loop below tells vmap's limits from the model's errors)
+                vmap_error = err
+        try:
+            outputs = torch.stack([call({name: p[k] for name, p in params.items()}) for k in range(count)])
+        except (RuntimeError, ValueError) as err:
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(f"{type(self.model).__name__} failed on inputs of shape {shape}: {err}") from err
+        if self.batches_with_vmap:
+            self.batches_with_vmap = False
+            reason = str(vmap_error).strip().splitlines()[0]
+            warnings.warn(f"dopamine_fast.Population: torch.func.vmap cannot batch {type(self.model).__name__} "
+                          f"({reason}); its members are evaluated one at a time within each chunk",
+                          UserWarning, stacklevel=4)
+        return outputs

@@ -1,0 +1,116 @@
+"""``Population``: the losses of a model's unperturbed member and its K perturbed copies in one batched pass."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..optim.functional import ParamNoise, PerturbationPlan
+from .fused import FusedProgram, Members, Unsupported
+from .generic import GenericPath
+from .losses import LossSpec, member_losses, resolve
+
+
+class Population:
+    """Evaluates the ``1 + K`` members of an optimizer step on one minibatch; returns their losses [1 + K].
+
+    Member 0 is the model as it is, member m its parameters ``w + s_m sigma eps_m`` with the noise of
+    ``optimizer.plan()`` (docs/noise.md), so the losses equal those of the drop-in ``opt.step(closure)``::
+
+        pop = Population(model, loss="mse")
+        opt = dopamine_fast.Dopamine(model.parameters(), num_perturbations=256)
+        for x, y in loader:
+            opt.step(population=pop, inputs=x, targets=y)
+
+    Two paths, the same numbers:
+
+    - **fused**: a plain ``nn.Sequential`` (or a lone layer) of ``nn.Linear``, elementwise activations,
+      ``nn.Identity``, ``nn.Flatten``, ``nn.Dropout`` in eval mode, and Elman ``nn.RNN`` layers each followed
+      by ``LastHidden()``, e.g. ``nn.Sequential(nn.RNN(3, 64, batch_first=True), LastHidden(), nn.Linear(64, 3))``.
+      It runs on the fused ops: activations are [M, B, features], parameters are never copied per member.
+    - **generic**: any other module, through ``torch.func.functional_call`` + ``vmap`` over chunks of
+      ``chunk_size`` members; only one chunk of perturbed parameters exists at a time.
+
+    Args:
+        model: the module whose parameters the optimizer holds (parameters outside the optimizer stay as they
+            are in every member).
+        loss: "mse", "cross_entropy", "bce" (with logits), or a callable ``loss(outputs, targets)`` that takes
+            the outputs of m members [m, B, ...] and returns one loss per member, shape [m].
+        fused: None picks the fused path when the model supports it and otherwise warns once and takes the
+            generic path; True demands the fused path (raises when it cannot run); False always takes the
+            generic path.
+        chunk_size: members per chunk on the generic path (None: as many as fit in 256 MiB of parameters).
+    """
+
+    def __init__(self, model: nn.Module, loss: LossSpec = "mse", *, fused: Optional[bool] = None,
+                 chunk_size: Optional[int] = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"{type(model).__name__} has no trainable parameters (requires_grad=True): there is "
+                             f"nothing to perturb")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be None, True or False, got {fused!r}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        self.model = model
+        self.loss_fn = resolve(loss)
+        self.fused = fused
+        self.generic = GenericPath(model, chunk_size)
+        self.last_path: Optional[str] = None  # "fused" or "generic": the path the latest call took
+        self._program: Optional[FusedProgram] = None
+        self._off_reason: Optional[str] = "fused=False"  # why the fused path never runs, if it never does
+        self._announced = set()
+        if fused is not False:
+            try:
+                self._program, self._off_reason = FusedProgram.compile(model), None
+            except Unsupported as why:
+                if fused:
+                    raise ValueError(f"fused=True, but the fused path cannot run {type(model).__name__}: "
+                                     f"{why}") from None
+                self._off_reason = str(why)
+
+    @torch.no_grad()
+    def __call__(self, plan: PerturbationPlan, inputs, targets) -> torch.Tensor:
+        """The losses of the plan's ``plan.num_members`` members on ``(inputs, targets)``: [1 + K]."""
+        noise = self._noise_of(plan)
+        members = Members(plan, noise, tuple(getattr(inputs, "shape", ())))
+        reason = self._fused_blocker(members)
+        if reason is None:
+            self.last_path = "fused"
+            return member_losses(self.loss_fn, self._program(inputs, members), targets, plan.num_members)
+        if self.fused is None and reason not in self._announced:
+            self._announced.add(reason)
+            warnings.warn(f"dopamine_fast.Population: {reason}; {type(self.model).__name__} is evaluated on the "
+                          f"generic path (torch.func.vmap over members)", UserWarning, stacklevel=3)
+        self.last_path = "generic"
+        return self.generic(plan, noise, inputs, targets, self.loss_fn)
+
+    def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
+        """Each model parameter's noise in the plan, by identity: the optimizer's streams, sigmas and ranks."""
+        if not isinstance(plan, PerturbationPlan):
+            raise TypeError(f"plan must be a PerturbationPlan (optimizer.plan()), got {type(plan).__name__}")
+        own = {id(p) for p in self.model.parameters()}
+        foreign = [tuple(pn.param.shape) for pn in plan.params if id(pn.param) not in own]
+        if foreign:
+            raise ValueError(f"the optimizer holds tensors that are not parameters of {type(self.model).__name__} "
+                             f"(shapes {foreign}), which the population cannot perturb: build the optimizer from "
+                             f"this model's parameters")
+        return {id(pn.param): pn for pn in plan.params}
+
+    def _fused_blocker(self, members: Members) -> Optional[str]:
+        """None when this call runs on the fused path, else why not (raises if the user demanded it)."""
+        if self._program is None:
+            return self._off_reason
+        try:
+            self._program.check(members)
+        except Unsupported as why:
+            if self.fused:
+                raise ValueError(f"fused=True, but the fused path cannot run {type(self.model).__name__}: "
+                                 f"{why}") from None
+            return str(why)
+        return None
