@@ -1,0 +1,142 @@
+// CPU kernel of perturbed_linear: y_k = act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k) for K members.
+//
+// Full rank: each noise id's E is generated once into a per-thread buffer, W + s sigma E is formed there and one
+// GEMM serves all B rows of the member (both members of an antithetic pair reuse the draw). Memory is one
+// weight per thread, never K x P. Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r)
+// from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "../ops.h"
+#include "activation.h"
+#include "low_rank_rows.h"
+#include "member_groups.h"
+#include "member_noise.h"
+#include "normals.h"
+
+namespace dopamine_fast {
+namespace {
+
+constexpr int64_t kBlockRows = 256;  // rows (members x batch) of one low-rank task: they stay in cache
+
+struct LinearArgs {
+  at::Tensor x;                  // [B, in] (shared) or [K, B, in], contiguous, the weight's dtype
+  at::Tensor weight;             // [out, in], contiguous
+  std::optional<at::Tensor> bias;  // [out], contiguous
+  NoiseKey weight_key, bias_key;
+  double sigma;
+  int64_t num_members, rank;
+  bool baseline, antithetic;
+  Activation act;
+};
+
+template <typename T>
+void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases, at::Tensor& y) {
+  const int64_t out = a.weight.size(0), in = a.weight.size(1), numel = out * in;
+  const bool shared = a.x.dim() == 2;
+  const T* w = a.weight.data_ptr<T>();
+  const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> e(numel);
+    at::Tensor wm = at::empty({out, in}, a.weight.options());
+    T* wmp = wm.data_ptr<T>();
+    for (int64_t g = g0; g < g1; ++g) {
+      const cpu::MemberGroup& grp = groups[g];
+      if (grp.perturbed) cpu::noise_normals(a.weight_key, grp.id, 0, numel, e.data());
+      for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
+        if (grp.perturbed) {
+          const T s = static_cast<T>(a.sigma) * static_cast<T>(member_noise(m, a.baseline, a.antithetic).sign);
+          for (int64_t i = 0; i < numel; ++i) wmp[i] = w[i] + s * static_cast<T>(e[i]);
+        }
+        const at::Tensor& wk = grp.perturbed ? wm : a.weight;
+        at::Tensor ym = y[m];
+        const at::Tensor xm = shared ? a.x : a.x[m];
+        if (biases) {
+          at::addmm_out(ym, (*biases)[m], xm, wk.t());
+        } else {
+          at::mm_out(ym, xm, wk.t());
+        }
+        cpu::apply_activation_(ym, a.act);
+      }
+    }
+  });
+}
+
+template <typename T>
+at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases) {
+  const int64_t out = a.weight.size(0), in = a.weight.size(1), k = a.num_members, rows = a.x.size(-2);
+  const bool shared = a.x.dim() == 2;
+  const auto factors = cpu::member_factors(out, in, a.rank, a.weight_key,
+                                           cpu::Members{k, a.baseline, a.antithetic, a.sigma}, a.weight.options());
+  at::Tensor y = at::empty({k, rows, out}, a.weight.options());
+  // A shared x needs x W^T once, added row by row; otherwise each block's GEMM adds it while the block's
+  // rows are still in cache.
+  const at::Tensor base = shared ? at::mm(a.x, a.weight.t()) : at::Tensor();
+  const int64_t r = a.rank, x_member = shared ? 0 : rows * in;
+  const int64_t per_block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, rows));
+  at::parallel_for(0, (k + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t k0 = blk * per_block, nk = std::min(per_block, k - k0);
+      cpu::low_rank_rows<T>(y.data_ptr<T>() + k0 * rows * out, nk, rows, out, r,
+                            shared ? base.data_ptr<T>() : nullptr,
+                            biases ? biases->data_ptr<T>() + k0 * out : nullptr,
+                            {cpu::LowRankTerm<T>{a.x.data_ptr<T>() + k0 * x_member, x_member, in, in,
+                                                 factors.first.data_ptr<T>() + k0 * r * out,
+                                                 factors.second.data_ptr<T>() + k0 * r * in}});
+      at::Tensor yb = y.narrow(0, k0, nk);
+      if (!shared) yb.view({-1, out}).addmm_(a.x.narrow(0, k0, nk).view({-1, in}), a.weight.t());
+      cpu::apply_activation_(yb, a.act);
+    }
+  });
+  return y;
+}
+
+at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                int64_t seed, int64_t step, int64_t weight_stream, int64_t bias_stream, double sigma,
+                                int64_t num_members, int64_t rank, bool baseline, bool antithetic,
+                                c10::string_view activation) {
+  check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank);
+  const Activation act = parse_activation(std::string(activation), /*allowed_rnn=*/false);
+  // Half and bfloat16 layers are computed in float32 and rounded once at the end.
+  const at::ScalarType dtype = weight.scalar_type();
+  const at::ScalarType compute = (dtype == at::kDouble) ? at::kDouble : at::kFloat;
+  LinearArgs a{x.to(compute).contiguous(),
+               weight.to(compute).contiguous(),
+               bias ? std::optional<at::Tensor>(bias->to(compute).contiguous()) : std::nullopt,
+               make_noise_key(seed, step, weight_stream),
+               make_noise_key(seed, step, bias_stream),
+               sigma,
+               num_members,
+               rank,
+               baseline,
+               antithetic,
+               act};
+  const std::optional<at::Tensor> biases =
+      a.bias ? std::optional<at::Tensor>(cpu::member_vectors(*a.bias, a.bias_key,
+                                                             cpu::Members{num_members, baseline, antithetic, sigma}))
+             : std::nullopt;
+  at::Tensor y;
+  AT_DISPATCH_FLOATING_TYPES(compute, "perturbed_linear", [&] {
+    if (rank > 0) {
+      y = linear_low_rank<scalar_t>(a, biases);
+    } else {
+      y = at::empty({num_members, x.size(-2), weight.size(0)}, a.weight.options());
+      if (y.numel() > 0) linear_full_rank<scalar_t>(a, biases, y);
+    }
+  });
+  return y.to(dtype);
+}
+
+}  // namespace
+}  // namespace dopamine_fast
+
+TORCH_LIBRARY_IMPL(dopamine_fast_C, CPU, m) {
+  m.impl("perturbed_linear",
+         static_cast<dopamine_fast::PerturbedLinearKernel*>(&dopamine_fast::perturbed_linear_cpu));
+}

@@ -1,0 +1,198 @@
+// CPU kernel of perturbed_rnn: K perturbed Elman RNNs, h_t = act(x_t W_ih,k^T + b_ih,k + h_{t-1} W_hh,k^T + b_hh,k).
+//
+// Members are independent, so full rank runs each member's whole sequence at once: its noise is generated once
+// per call (not per step) into per-thread weights, the input projection of all T steps is one GEMM and each step
+// one [B, H] x [H, H] GEMM. Low rank keeps the members together: per step x_t W_ih^T and h W_hh^T are GEMMs
+// over all K*B rows, and each row adds its member's low-rank corrections and bias (low_rank_rows.h) from
+// factors generated once per call (they are small).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "../ops.h"
+#include "activation.h"
+#include "low_rank_rows.h"
+#include "member_groups.h"
+#include "member_noise.h"
+#include "normals.h"
+
+namespace dopamine_fast {
+namespace {
+
+constexpr int64_t kBlockRows = 256;  // rows (members x batch) one low-rank task carries through the sequence
+
+struct RnnArgs {
+  at::Tensor x;    // [B, T, in] (shared) or [K, B, T, in], contiguous, compute dtype
+  at::Tensor h0;   // [K, B, H] contiguous, compute dtype
+  at::Tensor w_ih, w_hh;  // contiguous
+  std::optional<at::Tensor> b_ih, b_hh;
+  NoiseKey keys[4];  // weight_ih, weight_hh, bias_ih, bias_hh
+  double sigma;
+  int64_t num_members, rank;
+  bool baseline, antithetic, return_sequence;
+  Activation act;
+};
+
+// Each member's combined bias (b_ih + s e_ih) + (b_hh + s e_hh): [K, H], small, so made for all members at once.
+at::Tensor member_biases(const RnnArgs& a) {
+  const cpu::Members members{a.num_members, a.baseline, a.antithetic, a.sigma};
+  at::Tensor bias = at::zeros({a.num_members, a.w_hh.size(0)}, a.w_hh.options());
+  if (a.b_ih) bias.add_(cpu::member_vectors(*a.b_ih, a.keys[2], members));
+  if (a.b_hh) bias.add_(cpu::member_vectors(*a.b_hh, a.keys[3], members));
+  return bias;
+}
+
+template <typename T>
+void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
+  const int64_t hidden = a.w_hh.size(0), in = a.w_ih.size(1);
+  const int64_t batch = a.x.size(-3), steps = a.x.size(-2);
+  const bool shared = a.x.dim() == 3;
+  const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
+  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> e_ih(hidden * in), e_hh(hidden * hidden);
+    at::Tensor w_ih = at::empty({hidden, in}, a.w_hh.options());
+    at::Tensor w_hh = at::empty({hidden, hidden}, a.w_hh.options());
+    at::Tensor u = at::empty({batch * steps, hidden}, a.w_hh.options());
+    at::Tensor h_prev = at::empty({batch, hidden}, a.w_hh.options());
+    at::Tensor h_next = at::empty({batch, hidden}, a.w_hh.options());
+    for (int64_t g = g0; g < g1; ++g) {
+      const cpu::MemberGroup& grp = groups[g];
+      if (grp.perturbed) {
+        cpu::noise_normals(a.keys[0], grp.id, 0, hidden * in, e_ih.data());
+        cpu::noise_normals(a.keys[1], grp.id, 0, hidden * hidden, e_hh.data());
+      }
+      for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
+        const T s = static_cast<T>(a.sigma) * static_cast<T>(member_noise(m, a.baseline, a.antithetic).sign);
+        if (grp.perturbed) {
+          const T* wi = a.w_ih.data_ptr<T>();
+          const T* wh = a.w_hh.data_ptr<T>();
+          T* wip = w_ih.data_ptr<T>();
+          T* whp = w_hh.data_ptr<T>();
+          for (int64_t i = 0; i < hidden * in; ++i) wip[i] = wi[i] + s * static_cast<T>(e_ih[i]);
+          for (int64_t i = 0; i < hidden * hidden; ++i) whp[i] = wh[i] + s * static_cast<T>(e_hh[i]);
+        }
+        const at::Tensor& wik = grp.perturbed ? w_ih : a.w_ih;
+        const at::Tensor& whk = grp.perturbed ? w_hh : a.w_hh;
+        // Input projections of every step with the member's bias: u = x W_ih^T + b, [B, T, H].
+        const at::Tensor xm = (shared ? a.x : a.x[m]).view({batch * steps, in});
+        at::addmm_out(u, bias[m], xm, wik.t());
+        const at::Tensor u3 = u.view({batch, steps, hidden});
+        h_prev.copy_(a.h0[m]);
+        for (int64_t t = 0; t < steps; ++t) {
+          at::addmm_out(h_next, u3.select(1, t), h_prev, whk.t());
+          cpu::apply_activation_(h_next, a.act);
+          if (a.return_sequence) out[m].select(1, t).copy_(h_next);
+          std::swap(h_prev, h_next);
+        }
+        if (!a.return_sequence) out[m].copy_(h_prev);
+      }
+    }
+  });
+}
+
+template <typename T>
+void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
+  const int64_t hidden = a.w_hh.size(0), in = a.w_ih.size(1), members = a.num_members;
+  const int64_t batch = a.x.size(-3), steps = a.x.size(-2), r = a.rank;
+  const bool shared = a.x.dim() == 3;
+  const cpu::Members mem{members, a.baseline, a.antithetic, a.sigma};
+  const auto f_ih = cpu::member_factors(hidden, in, r, a.keys[0], mem, a.w_hh.options());
+  const auto f_hh = cpu::member_factors(hidden, hidden, r, a.keys[1], mem, a.w_hh.options());
+  // A shared x needs its input projection once for all members: [B, T, H].
+  const at::Tensor xw = shared ? at::matmul(a.x, a.w_ih.t()) : at::Tensor();
+  const T* xp = a.x.data_ptr<T>();
+  // Blocks of about kBlockRows rows run their whole sequence in one task, so a block's state stays in cache
+  // and the shared weights' GEMMs run on all of its rows at once.
+  const int64_t per_block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, batch));
+  at::parallel_for(0, (members + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t k0 = blk * per_block, nk = std::min(per_block, members - k0);
+      at::Tensor h = a.h0.narrow(0, k0, nk).clone();
+      at::Tensor x_t = shared ? at::Tensor() : at::empty({nk * batch, in}, a.x.options());
+      for (int64_t t = 0; t < steps; ++t) {
+        at::Tensor pre = at::empty({nk, batch, hidden}, a.w_hh.options());
+        const at::Tensor base = shared ? xw.select(1, t).contiguous() : at::Tensor();
+        const int64_t x_member = shared ? 0 : batch * steps * in;
+        const std::vector<cpu::LowRankTerm<T>> terms{
+            {xp + k0 * x_member + t * in, x_member, steps * in, in, f_ih.first.data_ptr<T>() + k0 * r * hidden,
+             f_ih.second.data_ptr<T>() + k0 * r * in},
+            {h.data_ptr<T>(), batch * hidden, hidden, hidden, f_hh.first.data_ptr<T>() + k0 * r * hidden,
+             f_hh.second.data_ptr<T>() + k0 * r * hidden}};
+        cpu::low_rank_rows<T>(pre.data_ptr<T>(), nk, batch, hidden, r, shared ? base.data_ptr<T>() : nullptr,
+                              bias.data_ptr<T>() + k0 * hidden, terms);
+        at::Tensor pre2d = pre.view({-1, hidden});
+        pre2d.addmm_(h.view({-1, hidden}), a.w_hh.t());
+        if (!shared) {
+          x_t.view({nk, batch, in}).copy_(a.x.narrow(0, k0, nk).select(2, t));
+          pre2d.addmm_(x_t, a.w_ih.t());
+        }
+        cpu::apply_activation_(pre, a.act);
+        if (a.return_sequence) out.narrow(0, k0, nk).select(2, t).copy_(pre);
+        h = pre;
+      }
+      if (!a.return_sequence) out.narrow(0, k0, nk).copy_(h);
+    }
+  });
+}
+
+at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor>& h0, const at::Tensor& weight_ih,
+                             const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                             const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
+                             c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank,
+                             bool baseline, bool antithetic, c10::string_view nonlinearity, bool return_sequence) {
+  check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
+                           rank);
+  const Activation act = parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true);
+  // Half and bfloat16 layers are computed in float32 and rounded once at the end.
+  const at::ScalarType dtype = weight_hh.scalar_type();
+  const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const auto opts = weight_hh.options().dtype(compute);
+  const int64_t hidden = weight_hh.size(0), batch = x.size(-3), steps = x.size(-2);
+  at::Tensor h_init = h0 ? h0->to(compute).expand({num_members, batch, hidden}).contiguous()
+                         : at::zeros({num_members, batch, hidden}, opts);
+  auto vec = [&](const std::optional<at::Tensor>& b) {
+    return b ? std::optional<at::Tensor>(b->to(compute).contiguous()) : std::nullopt;
+  };
+  RnnArgs a{x.to(compute).contiguous(),
+            h_init,
+            weight_ih.to(compute).contiguous(),
+            weight_hh.to(compute).contiguous(),
+            vec(bias_ih),
+            vec(bias_hh),
+            {make_noise_key(seed, step, streams[0]), make_noise_key(seed, step, streams[1]),
+             make_noise_key(seed, step, streams[2]), make_noise_key(seed, step, streams[3])},
+            sigma,
+            num_members,
+            rank,
+            baseline,
+            antithetic,
+            return_sequence,
+            act};
+  at::Tensor out = return_sequence ? at::empty({num_members, batch, steps, hidden}, opts)
+                                   : at::empty({num_members, batch, hidden}, opts);
+  if (steps == 0) {
+    if (!return_sequence) out.copy_(h_init);
+    return out.to(dtype);
+  }
+  if (out.numel() == 0) return out.to(dtype);
+  const at::Tensor bias = member_biases(a);
+  AT_DISPATCH_FLOATING_TYPES(compute, "perturbed_rnn", [&] {
+    if (rank > 0) {
+      rnn_low_rank<scalar_t>(a, bias, out);
+    } else {
+      rnn_full_rank<scalar_t>(a, bias, out);
+    }
+  });
+  return out.to(dtype);
+}
+
+}  // namespace
+}  // namespace dopamine_fast
+
+TORCH_LIBRARY_IMPL(dopamine_fast_C, CPU, m) {
+  m.impl("perturbed_rnn", static_cast<dopamine_fast::PerturbedRnnKernel*>(&dopamine_fast::perturbed_rnn_cpu));
+}

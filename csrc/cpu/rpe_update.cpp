@@ -1,0 +1,95 @@
+// CPU kernel of rpe_update_: param += alpha * sum_j coeffs[j] * eps_j, the noise regenerated, never stored.
+//
+// Full rank: one pass over the parameter in element runs (parallel over runs); each run accumulates every id's
+// normals in a small buffer. Low rank: sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../ops.h"
+#include "normals.h"
+
+namespace dopamine_fast {
+namespace {
+
+constexpr int64_t kRun = 2048;  // elements per task: the accumulator and noise buffer stay in L1
+
+template <typename T>
+void update_full_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, double alpha) {
+  const int64_t numel = p.numel(), n_ids = coeffs.numel();
+  T* pp = p.data_ptr<T>();
+  const T* c = coeffs.data_ptr<T>();
+  const T a = static_cast<T>(alpha);
+  at::parallel_for(0, (numel + kRun - 1) / kRun, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> z(kRun);
+    std::vector<T> acc(kRun);
+    for (int64_t run = r0; run < r1; ++run) {
+      const int64_t first = run * kRun, count = std::min(kRun, numel - first);
+      std::fill(acc.begin(), acc.begin() + count, T(0));
+      for (int64_t j = 0; j < n_ids; ++j) {
+        if (c[j] == T(0)) continue;  // e.g. the baseline member's id: nothing to add, nothing to generate
+        cpu::noise_normals(key, static_cast<uint32_t>(j), first, count, z.data());
+        const T cj = c[j];
+        for (int64_t i = 0; i < count; ++i) acc[i] += cj * static_cast<T>(z[i]);
+      }
+      for (int64_t i = 0; i < count; ++i) pp[first + i] += a * acc[i];
+    }
+  });
+}
+
+template <typename T>
+void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, int64_t r, double alpha) {
+  const int64_t out = p.size(0), in = p.numel() / out, n_ids = coeffs.numel();
+  // Stacked factors: sa[o, j r + q] = c_j A_j[o, q] and sb[j r + q, i] = B_j[i, q].
+  at::Tensor sa = at::empty({out, n_ids * r}, p.options());
+  at::Tensor sb = at::empty({n_ids * r, in}, p.options());
+  T* ap = sa.data_ptr<T>();
+  T* bp = sb.data_ptr<T>();
+  const T* c = coeffs.data_ptr<T>();
+  at::parallel_for(0, n_ids, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> v((out + in) * r);
+    for (int64_t j = j0; j < j1; ++j) {
+      cpu::noise_normals(key, static_cast<uint32_t>(j), 0, (out + in) * r, v.data());
+      for (int64_t o = 0; o < out; ++o) {
+        for (int64_t q = 0; q < r; ++q) ap[o * n_ids * r + j * r + q] = c[j] * static_cast<T>(v[o * r + q]);
+      }
+      for (int64_t i = 0; i < in; ++i) {
+        for (int64_t q = 0; q < r; ++q) bp[(j * r + q) * in + i] = static_cast<T>(v[out * r + i * r + q]);
+      }
+    }
+  });
+  at::Tensor p2 = p.view({out, in});
+  p2.addmm_(sa, sb, /*beta=*/1, /*alpha=*/alpha / std::sqrt(static_cast<double>(r)));
+}
+
+void rpe_update_cpu(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step, int64_t stream,
+                    int64_t rank, double alpha) {
+  check_rpe_update_args(param, coeffs, seed, step, stream, rank);
+  if (param.numel() == 0 || coeffs.numel() == 0) return;
+  const int64_t r = param.dim() >= 2 ? rank : 0;  // vectors always take full-rank noise
+  // Work on a contiguous tensor of the compute dtype (the parameter itself when it already is one) and copy
+  // back, so strided views and half-precision parameters are updated without touching anything around them.
+  const at::ScalarType compute = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor work = param.to(compute).contiguous();
+  const at::Tensor c = coeffs.to(compute).contiguous();
+  const NoiseKey key = make_noise_key(seed, step, stream);
+  AT_DISPATCH_FLOATING_TYPES(compute, "rpe_update_", [&] {
+    if (r == 0) {
+      update_full_rank<scalar_t>(work, c, key, alpha);
+    } else {
+      update_low_rank<scalar_t>(work, c, key, r, alpha);
+    }
+  });
+  if (!work.is_same(param)) param.copy_(work);
+}
+
+}  // namespace
+}  // namespace dopamine_fast
+
+TORCH_LIBRARY_IMPL(dopamine_fast_C, CPU, m) {
+  m.impl("rpe_update_", static_cast<dopamine_fast::RpeUpdateKernel*>(&dopamine_fast::rpe_update_cpu));
+}

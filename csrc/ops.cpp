@@ -1,0 +1,168 @@
+// The dopamine_fast_C op library: schemas (the same strings as SCHEMAS in dopamine_fast/ops/__init__.py) and
+// the argument checks every device shares. Kernels register themselves per device in csrc/cpu and csrc/cuda.
+#ifdef TORCH_EXTENSION_NAME
+#include <torch/extension.h>
+#else
+#include <torch/library.h>
+#endif
+
+#include <cmath>
+
+#include "ops.h"
+
+namespace dopamine_fast {
+
+namespace {
+constexpr int64_t kMaxWord = (int64_t{1} << 32) - 1;
+constexpr int64_t kMaxNumel = int64_t{4} << 32;  // four elements per block, 2^32 blocks
+}  // namespace
+
+Activation parse_activation(const std::string& name, bool allowed_rnn) {
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "relu") return Activation::kRelu;
+  if (!allowed_rnn && name == "none") return Activation::kNone;
+  if (!allowed_rnn && name == "sigmoid") return Activation::kSigmoid;
+  TORCH_CHECK(false, allowed_rnn ? "nonlinearity must be 'tanh' or 'relu', got '"
+                                 : "activation must be one of 'none', 'tanh', 'relu', 'sigmoid', got '",
+              name, "'");
+}
+
+void check_counter_args(int64_t seed, int64_t step, int64_t stream) {
+  TORCH_CHECK(seed >= 0, "seed must be in [0, 2**63), got ", seed);
+  TORCH_CHECK(step >= 0, "step must be >= 0, got ", step);
+  TORCH_CHECK(stream >= 0 && stream <= kMaxWord, "stream must be in [0, 2**32), got ", stream);
+}
+
+void check_noise_out(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id,
+                     bool bits) {
+  check_counter_args(seed, step, stream);
+  TORCH_CHECK(out.dim() == 2, "out must be 2-D [num_ids, numel], got shape ", out.sizes());
+  if (bits) {
+    TORCH_CHECK(out.scalar_type() == at::kLong, "out of noise_bits_ must be int64, got ", out.scalar_type());
+  } else {
+    TORCH_CHECK(at::isFloatingType(out.scalar_type()), "out of noise_ must be floating point, got ",
+                out.scalar_type());
+  }
+  TORCH_CHECK(first_id >= 0 && first_id + out.size(0) <= kMaxWord + 1, "noise ids [", first_id, ", ",
+              first_id + out.size(0), ") must lie in [0, 2**32)");
+  TORCH_CHECK(out.size(1) <= kMaxNumel, "numel must be at most 2**34, got ", out.size(1));
+}
+
+namespace {
+
+void check_common(double sigma, int64_t num_members, int64_t rank) {
+  TORCH_CHECK(std::isfinite(sigma) && sigma >= 0, "sigma must be a finite number >= 0, got ", sigma);
+  TORCH_CHECK(num_members >= 1, "num_members must be >= 1, got ", num_members);
+  TORCH_CHECK(num_members <= kMaxWord, "num_members must be below 2**32, got ", num_members);
+  TORCH_CHECK(rank >= 0, "rank must be >= 0 (0 is full rank), got ", rank);
+}
+
+void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must be floating point, got ", t.scalar_type());
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " on ", ref.device());
+}
+
+void check_vector(const std::optional<at::Tensor>& b, const at::Tensor& weight, int64_t n, const char* name,
+                  const char* weight_name) {
+  if (!b.has_value()) return;
+  TORCH_CHECK(b->dim() == 1 && b->size(0) == n, name, " must have shape (", n, ",), got ", b->sizes());
+  check_floating(*b, name);
+  check_same_device(*b, weight, name, weight_name);
+}
+
+}  // namespace
+
+void check_perturbed_linear_args(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, int64_t seed, int64_t step,
+                                 int64_t weight_stream, int64_t bias_stream, double sigma, int64_t num_members,
+                                 int64_t rank) {
+  check_common(sigma, num_members, rank);
+  check_counter_args(seed, step, weight_stream);
+  check_counter_args(seed, step, bias_stream);
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D [out, in], got shape ", weight.sizes());
+  check_floating(weight, "weight");
+  const int64_t in = weight.size(1);
+  TORCH_CHECK((x.dim() == 2 || x.dim() == 3) && x.size(-1) == in && (x.dim() == 2 || x.size(0) == num_members),
+              "x must be [B, ", in, "] or [", num_members, ", B, ", in, "] for weight ", weight.sizes(),
+              " and num_members=", num_members, ", got ", x.sizes());
+  check_floating(x, "x");
+  check_same_device(x, weight, "x", "weight");
+  check_vector(bias, weight, weight.size(0), "bias", "weight");
+}
+
+void check_perturbed_rnn_args(const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                              const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                              const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                              int64_t seed, int64_t step, c10::IntArrayRef streams, double sigma,
+                              int64_t num_members, int64_t rank) {
+  check_common(sigma, num_members, rank);
+  TORCH_CHECK(streams.size() == 4, "streams must hold 4 ints (weight_ih, weight_hh, bias_ih, bias_hh), got ",
+              streams);
+  for (int64_t s : streams) check_counter_args(seed, step, s);
+  TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == weight_hh.size(1),
+              "weight_hh must be [H, H], got shape ", weight_hh.sizes());
+  const int64_t hidden = weight_hh.size(0);
+  TORCH_CHECK(weight_ih.dim() == 2 && weight_ih.size(0) == hidden, "weight_ih must be [", hidden,
+              ", in], got shape ", weight_ih.sizes());
+  check_floating(weight_hh, "weight_hh");
+  check_floating(weight_ih, "weight_ih");
+  check_same_device(weight_ih, weight_hh, "weight_ih", "weight_hh");
+  const int64_t in = weight_ih.size(1);
+  TORCH_CHECK((x.dim() == 3 || x.dim() == 4) && x.size(-1) == in && (x.dim() == 3 || x.size(0) == num_members),
+              "x must be [B, T, ", in, "] or [", num_members, ", B, T, ", in, "], got ", x.sizes());
+  check_floating(x, "x");
+  check_same_device(x, weight_hh, "x", "weight_hh");
+  if (h0.has_value()) {
+    TORCH_CHECK((h0->dim() == 2 || (h0->dim() == 3 && h0->size(0) == num_members)) && h0->size(-1) == hidden &&
+                    h0->size(-2) == x.size(-3),
+                "h0 must be [B, ", hidden, "] or [", num_members, ", B, ", hidden, "], got ", h0->sizes());
+    check_floating(*h0, "h0");
+    check_same_device(*h0, weight_hh, "h0", "weight_hh");
+  }
+  check_vector(bias_ih, weight_hh, hidden, "bias_ih", "weight_hh");
+  check_vector(bias_hh, weight_hh, hidden, "bias_hh", "weight_hh");
+}
+
+void check_rpe_update_args(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step,
+                           int64_t stream, int64_t rank) {
+  check_counter_args(seed, step, stream);
+  TORCH_CHECK(rank >= 0, "rank must be >= 0 (0 is full rank), got ", rank);
+  check_floating(param, "param");
+  TORCH_CHECK(coeffs.dim() == 1, "coeffs must be 1-D (one per noise id), got shape ", coeffs.sizes());
+  TORCH_CHECK(coeffs.numel() <= kMaxWord + 1, "coeffs must hold at most 2**32 noise ids, got ", coeffs.numel());
+  check_floating(coeffs, "coeffs");
+  check_same_device(coeffs, param, "coeffs", "param");
+  TORCH_CHECK(param.numel() <= kMaxNumel, "param must have at most 2**34 elements, got ", param.numel());
+}
+
+int64_t noise_numel(c10::IntArrayRef shape, int64_t rank) {
+  int64_t rest = 1;
+  for (size_t i = 1; i < shape.size(); ++i) rest *= shape[i];
+  const int64_t out = shape.empty() ? 1 : shape[0];
+  if (rank == 0 || shape.size() < 2) return out * rest;
+  return (out + rest) * rank;
+}
+
+}  // namespace dopamine_fast
+
+TORCH_LIBRARY(dopamine_fast_C, m) {
+  m.def("noise_(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()");
+  m.def("noise_bits_(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()");
+  m.def(
+      "perturbed_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int step, int weight_stream, "
+      "int bias_stream, float sigma, int num_members, int rank, bool baseline, bool antithetic, "
+      "str activation) -> Tensor");
+  m.def(
+      "perturbed_rnn(Tensor x, Tensor? h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+      "int seed, int step, int[] streams, float sigma, int num_members, int rank, bool baseline, "
+      "bool antithetic, str nonlinearity, bool return_sequence) -> Tensor");
+  m.def("rpe_update_(Tensor(a!) param, Tensor coeffs, int seed, int step, int stream, int rank, float alpha) -> ()");
+}
+
+#ifdef TORCH_EXTENSION_NAME
+// Importing dopamine_fast._C loads this library, which registers the ops above; the module itself is empty.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+#endif

@@ -1,0 +1,135 @@
+"""The optimizers a run can use, their per-task-family defaults, and one ``Stepper`` interface over all of them.
+
+A ``Stepper`` hides how a step is taken (perturbations with a closure, back-propagation, an evolution strategy),
+so the training loop is the same for every optimizer and the perturbation step can later be swapped for the
+batched ``Population`` path without touching the loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import torch
+
+import dopamine_fast
+
+PERTURBATION = ("wp", "dopamine", "dopamine2")
+GRADIENT = ("sgd", "adam")
+OPTIMIZERS = PERTURBATION + GRADIENT + ("pgpe",)
+
+DESCRIPTIONS = {
+    "wp": "weight perturbation, fixed learning rate",
+    "dopamine": "Dopamine: weight perturbation with an RPE-driven learning rate",
+    "dopamine2": "the third-party 'Dopamine-2' preset (one perturbation, paper's coefficients)",
+    "sgd": "SGD with back-propagation (through time for RNNs)",
+    "adam": "Adam with back-propagation (through time for RNNs)",
+    "pgpe": "EvoTorch PGPE on the flattened parameters (needs evotorch)",
+}
+
+# Defaults per task family. lr/sigma for the perturbation methods were chosen on short runs of these tasks;
+# Dopamine's own adaptation constants (beta_s, beta_lr, kappa, lr bounds) stay at the optimizer's defaults.
+# BPTT on the chaotic series clips the gradient norm at 1, the usual guard against exploding gradients.
+HPARAMS: Dict[str, Dict[str, dict]] = {
+    "xor": {
+        "wp": dict(lr=1.0, sigma=0.1, num_perturbations=8, antithetic=True),
+        "dopamine": dict(lr=1.0, sigma=0.1, num_perturbations=8, antithetic=True),
+        "dopamine2": dict(),
+        "sgd": dict(lr=1.0),
+        "adam": dict(lr=0.05),
+        "pgpe": dict(popsize=8, center_lr=0.1, stdev_init=0.3),
+    },
+    "chaotic": {
+        "wp": dict(lr=0.02, sigma=1e-3, num_perturbations=8, antithetic=True),
+        "dopamine": dict(lr=0.02, sigma=1e-3, num_perturbations=8, antithetic=True),
+        "dopamine2": dict(spectral_radius=1.0),
+        "sgd": dict(lr=0.1, clip=1.0),
+        "adam": dict(lr=3e-3, clip=1.0),
+        "pgpe": dict(popsize=8, center_lr=0.01, stdev_init=0.01),
+    },
+}
+
+
+@dataclass
+class Stepper:
+    """``step(x, y)`` takes one optimizer step on a batch and returns the loss before it."""
+
+    step: Callable[[torch.Tensor, torch.Tensor], float]
+    evaluations_per_step: int  # loss evaluations one step costs (a forward+backward counts as one)
+    lr: Callable[[], float]
+
+
+def available_optimizers() -> list:
+    """Optimizer names usable here: PGPE only when EvoTorch is installed."""
+    return [n for n in OPTIMIZERS if n != "pgpe" or importlib.util.find_spec("evotorch") is not None]
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if name not in available_optimizers():
+        raise ValueError(f"optimizer {name!r} needs the evotorch package (pip install evotorch)")
+
+
+def hparams_for(family: str, name: str, **overrides) -> dict:
+    """The defaults for ``name`` on a task family, with the non-``None`` overrides applied."""
+    check_optimizer(name)
+    hp = dict(HPARAMS[family][name])
+    hp.update({k: v for k, v in overrides.items() if v is not None})
+    return hp
+
+
+def _perturbation_optimizer(name: str, params, hp: dict, seed: int):
+    cls_name = "WeightPerturbation" if name == "wp" else "Dopamine"
+    cls = getattr(dopamine_fast, cls_name, None)
+    if cls is None:
+        raise RuntimeError(f"dopamine_fast.{cls_name} is not available in this build")
+    kwargs = {k: v for k, v in hp.items() if k != "spectral_radius"}
+    if name == "dopamine2":
+        return cls.preset("dopamine2", params, seed=seed, **kwargs)
+    return cls(params, seed=seed, **kwargs)
+
+
+def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
+    opt = _perturbation_optimizer(name, model.parameters(), hp, seed)
+    radius = hp.get("spectral_radius")
+    recurrent = getattr(model, "recurrent_weight", None)
+
+    def step(x, y):
+        with torch.no_grad():
+            loss = opt.step(lambda: task.loss(model, x, y))
+            if radius is not None and recurrent is not None:
+                dopamine_fast.rescale_spectral_radius_(recurrent, radius)
+        return float(loss)
+
+    return Stepper(step, opt.evaluations_per_step, lambda: float(opt.current_lr))
+
+
+def _gradient_stepper(name, model, task, hp) -> Stepper:
+    hp = dict(hp)
+    clip = hp.pop("clip", None)
+    cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
+    opt = cls(model.parameters(), **hp)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model, x, y)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return float(loss.detach())
+
+    return Stepper(step, 1, lambda: float(opt.param_groups[0]["lr"]))
+
+
+def build_stepper(name: str, model: torch.nn.Module, task, hp: dict, seed: int) -> Stepper:
+    """A ``Stepper`` training ``model`` on ``task`` with optimizer ``name`` and hyper-parameters ``hp``."""
+    check_optimizer(name)
+    if name in PERTURBATION:
+        return _perturbation_stepper(name, model, task, hp, seed)
+    if name in GRADIENT:
+        return _gradient_stepper(name, model, task, hp)
+    from .pgpe import pgpe_stepper
+    return pgpe_stepper(model, task, hp)
