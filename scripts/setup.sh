@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with torch, Triton and the test tools, and build dopamine_fast into it
+# (C++ CPU kernels always; CUDA kernels when a CUDA toolkit is found). Safe to run again.
+#   DOPAMINE_FAST_TORCH=2.13.0   a CPU-only torch instead of the CUDA 13 build (no CUDA kernels then)
+#   DOPAMINE_FAST_NO_NATIVE_BUILD=1 / DOPAMINE_FAST_NO_CUDA_BUILD=1   skip the native / CUDA build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==${DOPAMINE_FAST_TORCH:-2.14.1}" triton numpy scipy pytest tqdm matplotlib \
+    ninja pybind11 setuptools wheel
+
+# The nvcc on PATH may be a wrapper script, which misleads torch's guess of the toolkit root.
+if [ -z "${CUDA_HOME:-}" ]; then
+    for nvcc in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
+        if [ -x "$nvcc" ]; then export CUDA_HOME="$(dirname "$(dirname "$nvcc")")"; break; fi
+    done
+fi
+export MAX_JOBS="${MAX_JOBS:-2}"
+echo "setup: torch $(python -c 'import torch; print(torch.__version__)'), CUDA_HOME=${CUDA_HOME:-none}"
+python -m pip install -q --no-build-isolation --no-deps -e .
+python -c "import dopamine_fast as df; print('setup: backends', df.backend_info())"
