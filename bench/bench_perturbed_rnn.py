@@ -1,0 +1,83 @@
+"""``perturbed_rnn`` (Elman, tanh, K members + the unperturbed one) per backend, against the floor.
+
+The floor is the plain unperturbed recurrence on all (K+1)*B sequences. Writes ``perturbed_rnn.csv`` and
+``perturbed_rnn.png``.
+
+    python bench/bench_perturbed_rnn.py [--device cuda] [--out DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import common
+from dopamine_fast import ops, use_backend
+
+SIGMA = 0.01
+RANKS = (0, 1, 4)
+FEATURES = 3
+GRID = {  # (hidden, steps, batch) -> K, smallest first
+    "quick": {(19, 5, 2): [3, 8]},
+    "cpu": {(512, 32, 1): [16, 64, 256], (512, 32, 32): [16, 64]},
+    "cuda": {(512, 32, b): [16, 256, 1024, 4096, 16384, 65536] for b in (1, 32, 256)},
+}
+COLUMNS = ["hidden", "steps", "batch", "K", "members", "backend", "rank", "normals"]
+DERIVED = ["ratio_to_floor", "gflops", "matmul_fraction"]
+
+
+def floor(x, w_ih, w_hh, b_ih, b_hh):
+    h = x.new_zeros(x.shape[0], w_hh.shape[0])
+    for t in range(x.shape[1]):
+        h = torch.tanh(F.linear(x[:, t], w_ih, b_ih) + F.linear(h, w_hh, b_hh))
+    return h
+
+
+def main():
+    args = common.parse_args(__doc__.splitlines()[0], budget_s=45, cuda_budget_s=30)
+    grid = GRID["quick" if args.quick else args.device.type]
+    names = common.kernel_backends("perturbed_rnn", args.device, args.backends)
+    rec = common.Recorder("perturbed_rnn", args, COLUMNS, DERIVED)
+    matmul = common.matmul_flops(args.device)
+    rates = common.noise_rates(args.device, names)
+    gen = torch.Generator().manual_seed(0)
+    for (hidden, steps, batch), ks in grid.items():
+        w_ih = (torch.randn(hidden, FEATURES, generator=gen) / FEATURES**0.5).to(args.device)
+        w_hh = (torch.randn(hidden, hidden, generator=gen) / hidden**0.5).to(args.device)
+        b_ih, b_hh = (torch.randn(hidden, generator=gen).to(args.device) * 0.1 for _ in range(2))
+        x = torch.randn(batch, steps, FEATURES, generator=gen).to(args.device)
+        for k in ks:
+            members = k + 1
+            base = dict(hidden=hidden, steps=steps, batch=batch, K=k, members=members)
+            flops = 2.0 * members * batch * steps * (w_ih.numel() + w_hh.numel())
+            if rec.too_large(4.0 * members * batch * (hidden + steps * FEATURES), backend="all", **base):
+                continue
+            xf = x.expand(members, *x.shape).reshape(-1, steps, FEATURES).contiguous()
+            rec.measure((hidden, batch, "floor"), lambda: floor(xf, w_ih, w_hh, b_ih, b_hh), work=flops,
+                        backend="floor", rank="", **base)
+            for name in names:
+                for rank in RANKS:
+                    normals = k * (ops.low_rank_numel(w_ih.shape, rank) + ops.low_rank_numel(w_hh.shape, rank)
+                                   + 2 * hidden)
+
+                    def run(name=name, rank=rank):
+                        with use_backend(name):
+                            return ops.perturbed_rnn(x, None, w_ih, w_hh, b_ih, b_hh, 5, 0, [0, 1, 2, 3], SIGMA,
+                                                     members, rank)
+                    estimate = normals / rates[name] + 2 * flops / matmul["flops"]
+                    rec.measure((hidden, batch, name, rank), run, work=normals + flops / 10, estimate_s=estimate,
+                                backend=name, rank=rank, normals=normals, **base)
+    floors = {(r["batch"], r["K"]): r["time_s"] for r in common.ok_rows(rec.rows) if r["backend"] == "floor"}
+    for r in common.ok_rows(rec.rows):
+        f = floors.get((r["batch"], r["K"]))
+        r["ratio_to_floor"] = r["time_s"] / f if f else None
+        r["gflops"] = 2.0 * r["members"] * r["batch"] * r["steps"] * r["hidden"] * (r["hidden"] + FEATURES) \
+            / r["time_s"] / 1e9
+        r["matmul_fraction"] = r["gflops"] * 1e9 / matmul["flops"]
+    rec.write(meta={"square_matmul": matmul, "noise_rates": rates, "sigma": SIGMA, "features": FEATURES})
+    common.plot_series(rec.rows, args.out / "perturbed_rnn.png", x="K", y="time_s", facet_keys=["hidden", "batch"],
+                       title="perturbed_rnn (tanh): seconds per call", ylabel="seconds")
+
+
+if __name__ == "__main__":
+    main()

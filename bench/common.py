@@ -1,0 +1,441 @@
+"""Shared pieces of the benchmarks: arguments, timing, peak memory, the machine, CSV and plots.
+
+Every ``bench/bench_*.py`` takes ``--device``, ``--out`` and ``--quick`` and writes ``<name>.csv`` and
+``<name>.png`` under ``--out``; ``bench/summarize.py`` turns those into ``README.md``. Timings are medians of at
+least five runs after a warm-up; a case that fails or runs over its budget becomes a row with a ``status``, so one
+slow baseline or a missing backend never stops a suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+# The benchmarks import the package from the checkout they sit in, installed or not.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import dopamine_fast  # noqa: E402
+from dopamine_fast import backends  # noqa: E402
+
+DEFAULT_OUT = ROOT / "bench" / "results"
+REPEATS = 5
+# A measurement repeats a fast call until it lasts this long, so timer resolution and launch jitter do not dominate.
+MIN_MEASURE_S = 0.02
+
+
+def parse_args(description: str, budget_s: float = 120.0, cuda_budget_s: float = 60.0) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs larger sizes)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the CSV and the plot")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke runs")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help=f"wall-clock budget of the script; cases left when it is spent are recorded as "
+                             f"skipped (default {budget_s:g} on cpu, {cuda_budget_s:g} on cuda)")
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated kernel backends to run (default: every one the device has)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (and, with 1, for JAX too); default: torch's own choice. On a "
+                             "machine shared with other work, 1 thread gives steadier times")
+    args = parser.parse_args()
+    if args.threads:
+        set_threads(args.threads)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    if args.budget_s is None:
+        args.budget_s = cuda_budget_s if args.device.type == "cuda" else budget_s
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    if n == 1:  # must be set before jax is first imported (peers.py imports it lazily)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
+
+
+def kernel_backends(op: str, device: torch.device, only: Optional[str] = None) -> List[str]:
+    """Backends worth timing for ``op`` on ``device``: on the CPU, Triton would run its interpreter (a test tool)."""
+    names = backends.available_backends(op, device)
+    if device.type == "cpu":
+        names = [n for n in names if n != "triton"]
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        names = [n for n in names if n in wanted]
+    return names
+
+
+def activation_cap_bytes(device: torch.device) -> int:
+    """Largest activation tensor a case may need ([members, batch, width] floats); larger cases are skipped."""
+    if device.type == "cuda":
+        return int(0.2 * torch.cuda.get_device_properties(device).total_memory)
+    return 2 * 2**30
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TooSlow(Exception):
+    """The warm-up call alone took longer than a case may; its time is in ``seconds``."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"one call took {seconds:.3g} s")
+        self.seconds = seconds
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int = REPEATS, warmup: int = 1,
+              max_first_s: Optional[float] = None) -> Dict:
+    """Median, min and max seconds of one call of ``fn`` over ``repeats`` measurements after ``warmup`` calls.
+
+    Raises ``TooSlow`` without repeating when the first warm-up call takes longer than ``max_first_s``.
+    """
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+        synchronize(device)
+        if max_first_s is not None and time.perf_counter() - start > max_first_s:
+            raise TooSlow(time.perf_counter() - start)
+    first = (time.perf_counter() - start) / max(warmup, 1)
+    inner = max(1, min(1000, int(MIN_MEASURE_S / max(first, 1e-7))))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) / inner)
+    return {"time_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
+            "calls_per_repeat": inner}
+
+
+# -- peak memory -----------------------------------------------------------------------------------------------
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_high_water() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim_heap() -> None:
+    # Freed heap pages go back to the OS, so the baseline counts what is live now, not what earlier cases left.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _RssSampler:
+    """Fallback where VmHWM cannot be reset: sample the resident set from a thread."""
+
+    def __init__(self, interval_s: float = 0.001):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Memory one call of ``fn`` needs above what is live before it, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the growth of the process's resident set at its high-water mark
+    (the kernel's VmHWM, reset just before the call), which sees every allocation, torch's or a library's.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _trim_heap()
+    if os.path.exists("/proc/self/clear_refs") and _reset_rss_high_water():
+        base = _status_kb("VmRSS")
+        fn()
+        peak = _status_kb("VmHWM")
+        return max(peak - base, 0) / 1024
+    if not os.path.exists("/proc/self/statm"):
+        return float("nan")
+    with _RssSampler() as sampler:
+        base = sampler._rss()
+        fn()
+    return max(sampler.peak - base, 0) / 2**20
+
+
+# -- the machine -----------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def module_version(module: str) -> Optional[str]:
+    """Installed version of a distribution (without importing it), or None when it is not installed."""
+    try:
+        return importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(device: torch.device) -> Dict[str, object]:
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # Other work on the machine shows up here: timings taken under load are noisier and slower.
+        "load_average_1_5_15min": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": module_version("triton"),
+        "dopamine_fast": dopamine_fast.__version__,
+        "native_module": dopamine_fast._native.load_error() or "loaded",
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "backends": {op: backends.available_backends(op, device) for op in dopamine_fast.ops.SCHEMAS},
+    }
+    return info
+
+
+def matmul_flops(device: torch.device, dtype=torch.float32) -> Dict[str, float]:
+    """FLOP/s of one large square matrix multiply on ``device``: the yardstick for the kernels' FLOP/s."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = time_call(lambda: torch.mm(a, b), device)["time_s"]
+    return {"n": n, "time_s": t, "flops": 2 * n**3 / t}
+
+
+def noise_rates(device: torch.device, names: Iterable[str]) -> Dict[str, float]:
+    """Normals per second of each backend's generator: estimates a noise-bound case's time before running it."""
+    rates = {}
+    for name in names:
+        with dopamine_fast.use_backend(name):
+            t = time_call(lambda: dopamine_fast.ops.noise(3, 0, 0, 0, 8, 1 << 16, device=device), device, repeats=1)
+        rates[name] = 8 * (1 << 16) / t["time_s"]
+    return rates
+
+
+# -- one script's results --------------------------------------------------------------------------------------
+class Recorder:
+    """Runs the cases of one benchmark script and collects a row per case.
+
+    ``measure(series, fn, work=..., **fields)`` times ``fn`` and its peak memory. Cases of one ``series`` come in
+    growing sizes; ``work`` is a number proportional to a case's cost, so the time of the last case of the series
+    predicts the next one, and a case predicted (or estimated by the caller, ``estimate_s``) to take more than
+    ``slow_s`` per call is recorded as skipped instead of run. Once the script's budget is spent every case left is
+    skipped; errors (a backend that cannot run a case, out of memory) become rows too and end their series.
+    """
+
+    def __init__(self, name: str, args: argparse.Namespace, columns: Iterable[str], derived: Iterable[str] = (),
+                 slow_s: float = 1.0):
+        self.name, self.args = name, args
+        self.device = args.device
+        self.columns = ["bench", "device"] + list(columns) + ["time_s", "min_s", "max_s", "repeats",
+                                                             "peak_mb", "status"] + list(derived)
+        self.rows: List[Dict] = []
+        self.slow_s = slow_s
+        self.failed: Dict[tuple, str] = {}
+        self.last: Dict[tuple, tuple] = {}  # series -> (seconds per call, work) of its last case
+        self.deadline = time.perf_counter() + args.budget_s
+        self.started = time.perf_counter()
+
+    def _row(self, fields: Dict, **extra) -> Dict:
+        row = {"bench": self.name, "device": str(self.device), **fields, **extra}
+        self.rows.append(row)
+        self._write_csv()  # as it goes, so a script killed by an outer timeout still leaves its rows
+        return row
+
+    def too_large(self, activation_bytes: float, **fields) -> bool:
+        """Record the case as skipped (True) when its activations alone exceed ``activation_cap_bytes``."""
+        cap = activation_cap_bytes(self.device)
+        if activation_bytes <= cap:
+            return False
+        self.skip(f"skipped: activations of {activation_bytes / 2**30:.1f} GiB, over the {cap / 2**30:.0f} GiB cap",
+                  **fields)
+        return True
+
+    def skip(self, status: str, **fields) -> Dict:
+        print(f"  {fields}: {status}", flush=True)
+        return self._row(fields, status=status)
+
+    def out_of_time(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def predicted_s(self, series: tuple, work: Optional[float]) -> Optional[float]:
+        if work is None or series not in self.last:
+            return None
+        seconds, last_work = self.last[series]
+        return seconds * work / max(last_work, 1e-30)
+
+    def measure(self, series: tuple, fn: Callable[[], object], work: Optional[float] = None,
+                estimate_s: Optional[float] = None, memory: bool = True, repeats: int = REPEATS,
+                **fields) -> Dict:
+        if series in self.failed:
+            return self.skip(self.failed[series], **fields)
+        if self.out_of_time():
+            return self.skip(f"skipped: the script's budget of {self.args.budget_s:g} s was spent", **fields)
+        guess = self.predicted_s(series, work)
+        guess = estimate_s if guess is None else guess
+        if guess is not None and guess > self.slow_s:
+            return self.skip(f"skipped: about {guess:.3g} s per call expected, over the {self.slow_s:g} s limit "
+                             f"per call", **fields)
+        try:
+            # A wrong prediction costs one call, not seven: a warm-up far over the limit ends the series.
+            timing = time_call(fn, self.device, repeats=repeats, max_first_s=3 * self.slow_s)
+            peak = peak_memory_mb(fn, self.device) if memory else float("nan")
+        except TooSlow as slow:
+            self.failed[series] = f"skipped: a smaller case took {slow.seconds:.3g} s for one call"
+            return self.skip(f"skipped: its warm-up call took {slow.seconds:.3g} s, over 3x the {self.slow_s:g} s "
+                             f"limit per call; not repeated", **fields)
+        except Exception as err:  # a backend that cannot run a case (or runs out of memory) is reported, not fatal
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            self.failed[series] = f"error: {type(err).__name__}: {text}"
+            return self.skip(self.failed[series], **fields)
+        if work is not None:
+            self.last[series] = (timing["time_s"], work)
+        row = self._row(fields, **timing, peak_mb=peak, status="ok")
+        print(f"  {fields}: {timing['time_s'] * 1e3:.3f} ms, peak {peak:.1f} MiB", flush=True)
+        return row
+
+    def _write_csv(self) -> Path:
+        path = self.args.out / f"{self.name}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, restval="", extrasaction="ignore")
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: _fmt(v) for k, v in row.items()})
+        return path
+
+    def write(self, meta: Optional[Dict] = None) -> Path:
+        """The CSV with the derived columns filled in, and ``<name>.json``: the machine and the settings."""
+        path = self._write_csv()
+        info = {"machine": machine_info(self.device), "quick": self.args.quick, "budget_s": self.args.budget_s,
+                "wall_s": time.perf_counter() - self.started, **(meta or {})}
+        with open(self.args.out / f"{self.name}.json", "w") as f:
+            json.dump(info, f, indent=1, default=str)
+        print(f"wrote {path} ({len(self.rows)} rows) in {info['wall_s']:.1f} s", flush=True)
+        return path
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def ok_rows(rows: List[Dict]) -> List[Dict]:
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+# -- plots -----------------------------------------------------------------------------------------------------
+def label(row: Dict) -> str:
+    """A line's name in the plots: method, backend and rank (``r0`` is full rank)."""
+    parts = [str(row.get(k)) for k in ("method", "backend") if row.get(k) not in (None, "")]
+    rank = row.get("rank")
+    if rank not in (None, "", "full"):
+        parts.append("full rank" if str(rank) == "0" else f"rank {rank}")
+    return " ".join(dict.fromkeys(parts))
+
+
+def plot_series(rows: List[Dict], path: Path, x: str, y: str, facet_keys: List[str], title: str, ylabel: str,
+                logy: bool = True) -> Optional[Path]:
+    """One panel per value of ``facet_keys``, one line per ``label(row)``, ``y`` against ``x`` (log-log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [dict(r, line=label(r)) for r in ok_rows(rows) if r.get(y) not in (None, "") and not _isnan(r[y])]
+    if not rows:
+        return None
+    facets = sorted({tuple(r[k] for k in facet_keys) for r in rows}, key=str)
+    lines = sorted({r["line"] for r in rows})
+    colors = plt.get_cmap("tab20").colors
+    style = {name: (colors[i % len(colors)], ("-", "--", ":")[i // len(colors) % 3]) for i, name in enumerate(lines)}
+    cols = min(3, len(facets))
+    nrows = math.ceil(len(facets) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols + 2.5, 3.6 * nrows), squeeze=False)
+    for ax, facet in zip(axes.flat, facets):
+        in_facet = [r for r in rows if tuple(r[k] for k in facet_keys) == facet]
+        for name in lines:
+            pts = sorted((float(r[x]), float(r[y])) for r in in_facet if r["line"] == name)
+            if pts:
+                color, dash = style[name]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=color, linestyle=dash,
+                        label=name)
+        ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(facet_keys, facet)), fontsize=9)
+        ax.set_xlabel(x)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(facets):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=style[n][0], linestyle=style[n][1], marker="o", ms=3) for n in lines]
+    fig.legend(handles, lines, loc="center right", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / (5.2 * cols + 2.5), 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)

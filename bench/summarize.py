@@ -1,0 +1,283 @@
+"""Turn the benchmarks' CSV files in a folder into its README.md: the machine, then tables of ratios.
+
+    python bench/summarize.py [--out bench/results] [--command "how the files were made"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def read(out: Path, name: str) -> List[Dict]:
+    path = out / f"{name}.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def meta(out: Path, name: str) -> Dict:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def num(v) -> Optional[float]:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def ms(v) -> str:
+    v = num(v)
+    return "–" if v is None else (f"{v * 1e3:.3g}" if v * 1e3 < 100 else f"{v * 1e3:.0f}")
+
+
+def x(v) -> str:
+    v = num(v)
+    return "–" if v is None else f"{v:.3g}×"
+
+
+def table(header: List[str], rows: List[List[str]]) -> List[str]:
+    if not rows:
+        return ["(no rows: the benchmark was not run, or every case was skipped)", ""]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return lines + [""]
+
+
+def ok(rows):
+    return [r for r in rows if r.get("status") == "ok"]
+
+
+def cases(rows, keys):
+    seen = []
+    for r in rows:
+        key = tuple(r[k] for k in keys)
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def fastest(rows, **match) -> Optional[Dict]:
+    found = [r for r in ok(rows) if all(r.get(k) == str(v) for k, v in match.items())]
+    return min(found, key=lambda r: float(r["time_s"])) if found else None
+
+
+def cell_ratio(r, column="ratio_to_floor", label_backend=True) -> str:
+    if r is None:
+        return "–"
+    return x(r.get(column)) + (f" ({r['backend']})" if label_backend else "")
+
+
+def machine_section(out: Path) -> List[str]:
+    info = {}
+    for name in ("population", "perturbed_linear", "step", "noise", "perturbed_rnn", "rpe_update"):
+        info = meta(out, name)
+        if info:
+            break
+    m = info.get("machine", {})
+    lines = ["## Machine", ""]
+    for key in ("cpu", "cpu_cores", "torch_threads", "load_average_1_5_15min", "gpu", "python", "torch", "triton", "native_module"):
+        lines.append(f"- {key}: {m.get(key)}")
+    backends = m.get("backends", {})
+    lines.append(f"- backends on {m.get('device')}: " + "; ".join(f"{op} {v}" for op, v in backends.items()))
+    sq = info.get("square_matmul")
+    if sq:
+        lines.append(f"- one {sq['n']}x{sq['n']} float32 matmul: {sq['flops'] / 1e9:.1f} GFLOP/s "
+                     f"(the yardstick of the FLOP/s fractions)")
+    walls = {n: meta(out, n).get("wall_s") for n in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update",
+                                                     "population", "step")}
+    lines.append("- wall time per script (s): " + ", ".join(f"{n} {w:.0f}" for n, w in walls.items() if w))
+    peers = meta(out, "population").get("peers", {})
+    if peers:
+        lines.append(f"- peers: EvoTorch: {peers.get('evotorch')}; evosax/JAX: {peers.get('evosax')}")
+    return lines + [""]
+
+
+def population_section(out: Path) -> List[str]:
+    rows = read(out, "population")
+    if not rows:
+        return []
+    lines = ["## Population evaluation (K perturbed members + the unperturbed one, one minibatch)", "",
+             "Time of each method over the time of the floor (one plain forward of the unperturbed network on all "
+             "(K+1)·B rows); fused columns show the fastest backend. evosax is also divided by JAX's own jitted "
+             "floor. Peak memory in MiB above what was live before the call.", ""]
+    body = []
+    for model, batch, k in cases(ok(rows), ["model", "batch", "K"]):
+        c = dict(model=model, batch=batch, K=k)
+        floor, jfloor = fastest(rows, method="floor", **c), fastest(rows, method="jax_floor", **c)
+        f0, f1, f4 = (fastest(rows, method="fused", rank=r, **c) for r in (0, 1, 4))
+        evo, sax = fastest(rows, method="evotorch_eval", **c), fastest(rows, method="evosax_eval", **c)
+        loop, vm = fastest(rows, method="loop", **c), fastest(rows, method="vmap", **c)
+        body.append([model, batch, k, ms(floor and floor["time_s"]), ms(jfloor and jfloor["time_s"]),
+                     cell_ratio(f1), cell_ratio(f4), cell_ratio(f0), cell_ratio(loop, label_backend=False),
+                     cell_ratio(vm, label_backend=False), cell_ratio(evo, label_backend=False),
+                     cell_ratio(sax, "ratio_to_jax_floor", False),
+                     x(f1 and f1.get("speedup_vs_evotorch")), x(f0 and f0.get("speedup_vs_evotorch")),
+                     f"{num(f1 and f1['peak_mb']) or 0:.1f} / {num(floor and floor['peak_mb']) or 0:.1f}"])
+    lines += table(["model", "B", "K", "floor ms", "JAX floor ms", "fused r1", "fused r4", "fused full", "loop",
+                    "vmap", "EvoTorch eval", "evosax eval (/JAX floor)", "r1 vs EvoTorch", "full vs EvoTorch",
+                    "peak MiB r1 / floor"], body)
+    flops = [r for r in ok(rows) if r["method"] == "fused" and r["rank"] in ("1", "4") and int(r["batch"]) >= 32]
+    if flops:
+        lines += ["Matrix-multiply FLOP/s of the low-rank evaluation at B ≥ 32 (2·rows·in·out per product), as a "
+                  "fraction of the square matmul's:", ""]
+        lines += table(["model", "B", "K", "backend", "rank", "GFLOP/s", "fraction"],
+                       [[r["model"], r["batch"], r["K"], r["backend"], r["rank"], f"{num(r['matmul_gflops']):.3g}",
+                         f"{num(r['matmul_fraction']):.0%}"] for r in flops])
+    return lines
+
+
+def targets_section(out: Path) -> List[str]:
+    """Issue 5's targets on the MLP of width 256 at K=1024 (CPU), each measured value beside its bound."""
+    pop, steps = read(out, "population"), read(out, "step")
+    if not pop:
+        return []
+    body = []
+
+    def check(what, value, bound, higher_is_better):
+        if value is None:
+            body.append([what, "–", bound, "not measured"])
+            return
+        met = value >= bound if higher_is_better else value <= bound
+        body.append([what, f"{value:.3g}", f"{'≥' if higher_is_better else '≤'} {bound:g}", "met" if met else "missed"])
+
+    def val(r, column):
+        return num(r.get(column)) if r else None
+
+    c = dict(model="mlp256", K=1024)
+    for batch in (1, 32):
+        r1, full = (fastest(pop, method="fused", rank=r, batch=batch, **c) for r in (1, 0))
+        floor = fastest(pop, method="floor", batch=batch, **c)
+        check(f"B={batch}: rank-1 evaluation / floor", val(r1, "ratio_to_floor"), 3 if batch == 1 else 1.3, False)
+        if batch == 1:
+            check("B=1: rank 1, speedup vs EvoTorch evaluation", val(r1, "speedup_vs_evotorch"), 40, True)
+            check("B=1: full rank, speedup vs EvoTorch evaluation", val(full, "speedup_vs_evotorch"), 3, True)
+        else:
+            check("B=32: full-rank evaluation / floor", val(full, "ratio_to_floor"), 3, False)
+            low = [r for r in ok(pop) if r["method"] == "fused" and r["rank"] in ("1", "4") and r["batch"] == "32"
+                   and r["model"] == "mlp256" and r["K"] == "1024"]
+            best = max((num(r["matmul_fraction"]) for r in low), default=None)
+            check("B=32: low-rank matmul FLOP/s / square matmul's", best, 0.7, True)
+        peaks = [val(r1, "peak_mb"), val(floor, "peak_mb")]
+        check(f"B={batch}: peak memory of rank-1 evaluation / floor's",
+              peaks[0] / peaks[1] if None not in peaks and peaks[1] > 0 else None, 2, False)
+        best_step = min((r for r in ok(steps) if r["method"] == "dopamine_fused" and r["model"] == "mlp256"
+                         and r["K"] == "1024" and r["batch"] == str(batch)), key=lambda r: float(r["time_s"]),
+                        default=None)
+        for method, bound, name in (("evotorch_pgpe_step", 10, "PGPE"), ("evosax_openes_step", 3, "Open-ES")):
+            peer = fastest(pop, method=method, batch=batch, **c)
+            ratio = float(peer["time_s"]) / float(best_step["time_s"]) if peer and best_step else None
+            check(f"B={batch}: Dopamine step speedup vs {name} step", ratio, bound, True)
+    return ["## Issue 5's targets (MLP 3×256, K=1024)", ""] + table(["target", "measured", "bound", ""], body)
+
+
+def step_section(out: Path) -> List[str]:
+    rows, pop = read(out, "step"), read(out, "population")
+    if not rows:
+        return []
+    lines = ["## One optimizer step", "",
+             "Dopamine (sample + evaluate K+1 members + update) against one Adam step with back-propagation on the "
+             "same batch, and against EvoTorch's PGPE step and evosax's Open-ES step with K samples (from "
+             "population.csv).", ""]
+    body = []
+    for model, batch, k in cases(ok(rows), ["model", "batch", "K"]):
+        c = dict(model=model, batch=batch, K=k)
+        adam = fastest(rows, method="adam", **c)
+        steps = [fastest(rows, method="dopamine_fused", rank=r, **c) for r in (1, 4, 0)]
+        closure = fastest(rows, method="dopamine_closure", **c)
+        pgpe = fastest(pop, method="evotorch_pgpe_step", **c)
+        openes = fastest(pop, method="evosax_openes_step", **c)
+        best = min((s for s in steps if s), key=lambda s: float(s["time_s"]), default=None)
+
+        def speedup(peer):
+            return x(float(peer["time_s"]) / float(best["time_s"])) if peer and best else "–"
+        body.append([model, batch, k, ms(adam and adam["time_s"])]
+                    + [f"{ms(s and s['time_s'])} ({s['backend']})" if s else "–" for s in steps]
+                    + [ms(closure and closure["time_s"]), cell_ratio(best, "ratio_to_adam", False),
+                       ms(pgpe and pgpe["time_s"]), ms(openes and openes["time_s"]), speedup(pgpe), speedup(openes)])
+    return lines + table(["model", "B", "K", "Adam ms", "Dopamine r1 ms", "r4 ms", "full ms", "drop-in closure ms",
+                          "best / Adam", "PGPE step ms", "Open-ES step ms", "speedup vs PGPE",
+                          "speedup vs Open-ES"], body)
+
+
+def noise_section(out: Path) -> List[str]:
+    rows = ok(read(out, "noise"))
+    if not rows:
+        return []
+    return ["## Noise generator", ""] + table(
+        ["ids × numel", "backend", "ms", "normals/s", "rate / torch.randn"],
+        [[f"{r['num_ids']}×{r['numel']}", r["backend"], ms(r["time_s"]), f"{num(r['normals_per_s']):.3g}",
+          x(r["ratio_to_randn"])] for r in rows])
+
+
+def ops_section(out: Path) -> List[str]:
+    lines = ["## Single ops", ""]
+    lin = ok(read(out, "perturbed_linear"))
+    lines += ["perturbed_linear (tanh) — issue 3's case is in=out=256, B=32, K=1024:", ""]
+    lines += table(["in→out", "B", "K", "backend", "rank", "ms", "/ floor", "GFLOP/s", "of matmul", "peak MiB"],
+                   [[f"{r['in_features']}→{r['out_features']}", r["batch"], r["K"], r["backend"], r["rank"],
+                     ms(r["time_s"]), x(r["ratio_to_floor"]), f"{num(r['gflops']):.3g}",
+                     f"{num(r['matmul_fraction']):.0%}", f"{num(r['peak_mb']) or 0:.1f}"] for r in lin])
+    rnn = ok(read(out, "perturbed_rnn"))
+    lines += ["perturbed_rnn (tanh, 3 inputs):", ""]
+    lines += table(["hidden", "T", "B", "K", "backend", "rank", "ms", "/ floor", "peak MiB"],
+                   [[r["hidden"], r["steps"], r["batch"], r["K"], r["backend"], r["rank"], ms(r["time_s"]),
+                     x(r["ratio_to_floor"]), f"{num(r['peak_mb']) or 0:.1f}"] for r in rnn])
+    upd = ok(read(out, "rpe_update"))
+    lines += ["rpe_update_ (stored_gemv: c @ E with the K×P noise already in memory):", ""]
+    lines += table(["shape", "K", "backend", "rank", "ms", "/ stored", "normals/s"],
+                   [[f"{r['rows']}×{r['cols']}", r["K"], r["backend"], r["rank"], ms(r["time_s"]),
+                     x(r["ratio_to_stored"]), f"{num(r['normals_per_s']):.3g}"] for r in upd])
+    return lines
+
+
+def skipped_section(out: Path) -> List[str]:
+    counts = Counter()
+    for name in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update", "population", "step"):
+        for r in read(out, name):
+            if r.get("status") != "ok":
+                status = re.sub(r"about \S+ s per call", "about N s per call", r["status"])
+                counts[(name, r.get("method") or r.get("backend"), status)] += 1
+    if not counts:
+        return []
+    return ["## Cases not measured", ""] + table(["bench", "method/backend", "why", "cases"],
+                                                 [[*k, n] for k, n in sorted(counts.items())])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--command", default="python bench/run_cpu_suite.py")
+    args = parser.parse_args()
+    out = Path(args.out)
+    lines = ["# Benchmark results", "",
+             f"Made by `{args.command}`; every timing is the median of at least 5 runs after a warm-up "
+             "(the CSV files hold min and max too). Plots: `*.png` beside this file.", "",
+             "The floor (one plain forward on all (K+1)·B rows) multiplies the shared minibatch by the first "
+             "layer's weight once per member; the fused ops do it once for all members, so ratios below 1× to the "
+             "floor are real, and FLOP/s fractions (counted as the floor's 2·rows·in·out per product) can exceed "
+             "100 %.", "",
+             "Run: `python bench/run_cpu_suite.py` (CPU suite, under 10 minutes), `bash bench/gpu/run.sh` (GPU: "
+             "every `bench/bench_*.py --device cuda`, larger K); one script: `python bench/bench_population.py "
+             "[--device cuda] [--out DIR] [--quick]`; this file: `python bench/summarize.py --out DIR`. The peers "
+             "are optional: `pip install --no-deps evotorch && pip install ray cma gymnasium pandas` (keeps the "
+             "installed torch) and `pip install \"jax[cpu]\" evosax`; where one is missing its rows say so.", ""]
+    for section in (machine_section, targets_section, population_section, step_section, noise_section, ops_section,
+                    skipped_section):
+        lines += section(out)
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

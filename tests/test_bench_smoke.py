@@ -1,0 +1,37 @@
+"""Smoke test of the benchmark suite: one script at --quick sizes on the reference backend writes its CSV.
+
+Checks the files and their columns only; benchmarks report times, tests never judge them.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {"bench", "device", "in_features", "out_features", "batch", "K", "members", "backend", "rank", "normals",
+            "time_s", "min_s", "max_s", "repeats", "peak_mb", "status", "ratio_to_floor", "gflops",
+            "matmul_fraction"}
+
+
+def test_perturbed_linear_bench_quick_writes_csv(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DOPAMINE_FAST_BACKEND", None)
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_perturbed_linear.py"), "--quick", "--device", "cpu",
+           "--backends", "reference", "--out", str(tmp_path), "--budget-s", "60"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(tmp_path / "perturbed_linear.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert EXPECTED <= set(reader.fieldnames)
+    backends = {r["backend"] for r in rows if r["status"] == "ok"}
+    assert {"floor", "reference"} <= backends
+    assert all(float(r["time_s"]) > 0 for r in rows if r["status"] == "ok")
+    assert (tmp_path / "perturbed_linear.png").exists() and (tmp_path / "perturbed_linear.json").exists()
+
+    summary = subprocess.run([sys.executable, str(ROOT / "bench" / "summarize.py"), "--out", str(tmp_path)],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert "perturbed_linear" in (tmp_path / "README.md").read_text()
