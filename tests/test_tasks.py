@@ -97,7 +97,7 @@ def test_xor_patterns_and_model():
     assert task.x_train.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert task.y_train.flatten().tolist() == [0, 1, 1, 0]
     model = task.build_model()
-    assert isinstance(model, XorMLP) and model.net[0].out_features == 4
+    assert isinstance(model, XorMLP) and model[0].out_features == 4
     out = model(task.x_test)
     assert out.shape == (4, 1) and ((out > 0) & (out < 1)).all()
     metrics = task.evaluate(model)

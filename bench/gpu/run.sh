@@ -86,6 +86,14 @@ for b in "${benches[@]}"; do
   run_phase "$(basename "$b")" "$limit" "$OUT/bench.txt" python3 "$b" --device cuda --out "$BENCH_DIR" || true
 done
 
+# The paper-sized quality run (512 hidden, look-back 32, large batches) is long: only when asked, e.g.
+# PAPER_QUALITY="--seeds 2 --scale 0.1" RUN_BUDGET_S=1500 bash bench/gpu/run.sh
+if [ -n "${PAPER_QUALITY:-}" ]; then
+  # shellcheck disable=SC2086  # PAPER_QUALITY holds several flags
+  run_phase quality-paper "$(remaining)" "$OUT/bench.txt" \
+    python3 bench/bench_quality.py --paper --device cuda --out "$BENCH_DIR/quality_paper" $PAPER_QUALITY || true
+fi
+
 if [ -n "$(ls -A "$BENCH_DIR")" ]; then
   tar -czf "$OUT/bench_results.tgz" -C "$BENCH_DIR" . && log "benchmark files: $(cd "$BENCH_DIR" && find . -type f | tr '\n' ' ')"
   # CSVs also inline in the log, so they can be read without unpacking.

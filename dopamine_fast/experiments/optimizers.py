@@ -101,10 +101,12 @@ def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
     opt = _perturbation_optimizer(name, model.parameters(), hp, seed)
     radius = hp.get("spectral_radius")
     recurrent = getattr(model, "recurrent_weight", None)
+    # The 1 + K members in one batched pass (fused ops for the tasks' Sequential models); task.loss is the MSE.
+    population = dopamine_fast.Population(model, loss="mse")
 
     def step(x, y):
         with torch.no_grad():
-            loss = opt.step(lambda: task.loss(model, x, y))
+            loss = opt.step(population=population, inputs=x, targets=y)
             if radius is not None and recurrent is not None:
                 dopamine_fast.rescale_spectral_radius_(recurrent, radius)
         return float(loss)
