@@ -178,3 +178,25 @@ def test_evaluations_per_step_counts_closure_calls():
     opt = df.Dopamine([w], num_perturbations=6)
     opt.step(lambda: (calls.append(1), loss())[1])
     assert len(calls) == opt.evaluations_per_step == 7
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_max_grad_norm_clips_the_update(cls):
+    def run(max_norm):
+        torch.manual_seed(0)
+        # float64: the clipped step is small, and float32 rounding of w + step would blur its direction.
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+        x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+        before = [p.detach().clone() for p in model.parameters()]
+        extra = dict(beta_lr=0.0, kappa=0.0, lr_min=0.3) if cls is df.Dopamine else {}
+        opt = cls(model.parameters(), lr=0.3, num_perturbations=4, seed=2, max_grad_norm=max_norm, **extra)
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+        step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+        return step
+
+    free, loose, tight = run(None), run(1e6), run(1e-3)
+    torch.testing.assert_close(loose, free)
+    assert float(tight.norm()) == pytest.approx(0.3 * 1e-3, rel=1e-4)
+    torch.testing.assert_close(tight / tight.norm(), free / free.norm(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        cls([torch.nn.Parameter(torch.zeros(2))], max_grad_norm=0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .functional import (apply_noise_combination, dopamine2_lr, dopamine_level, dopamine_lr, mean_abs,
                          wp_coefficients)
 from .perturbation_optimizer import PerturbationOptimizer, check_number
@@ -30,6 +32,7 @@ class Dopamine(PerturbationOptimizer):
             s_t   = beta_s s_{t-1} + (1 - beta_s) mean_j |delta_j|        (s_0 = the first mean |delta|)
             eta_t = clamp(beta_lr eta_{t-1} + (1 - beta_lr) kappa s_t, lr_min, lr_max)
             g     = (1/n) sum_j delta_j eps_j / sigma
+            g    <- g * min(1, max_grad_norm / ||g||)                     (only with max_grad_norm)
             w    <- w - eta_t g
 
     ``form="dopamine2"`` (or ``Dopamine.preset("dopamine2", params)``) is the third-party Dopamine-2 rule:
@@ -53,16 +56,18 @@ class Dopamine(PerturbationOptimizer):
         lr_min, lr_max: bounds of the learning rate (0 <= lr_min <= lr_max).
         form: "dopamine" (default) or "dopamine2".
         seed: noise seed in [0, 2**63).
+        max_grad_norm: clip each group's update direction to this norm (None: no clipping).
     """
 
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, beta_s: float = 0.9, beta_lr: float = 0.9,
                  kappa: float = 30.0, lr_min: float = 0.01, lr_max: float = 1.0, form: str = "dopamine",
-                 seed: int = 0):
+                 seed: int = 0, max_grad_norm: Optional[float] = None):
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         defaults = dict(lr=lr, sigma=sigma, rank=rank, beta_s=beta_s, beta_lr=beta_lr, kappa=kappa,
-                        lr_min=lr_min, lr_max=lr_max, form=form, rpe_level=None)
+                        lr_min=lr_min, lr_max=lr_max, form=form, rpe_level=None,
+                        max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed)
 
     @classmethod
@@ -98,4 +103,4 @@ class Dopamine(PerturbationOptimizer):
                 group["lr"] = dopamine_lr(group["lr"], group["rpe_level"], group["beta_lr"], group["kappa"],
                                           group["lr_min"], group["lr_max"])
                 coeffs = wp_coefficients(delta, group["sigma"])
-            apply_noise_combination(plan, pns, coeffs, -group["lr"])
+            apply_noise_combination(plan, pns, coeffs, -group["lr"], group["max_grad_norm"])

@@ -65,6 +65,8 @@ class PerturbationOptimizer(Optimizer):
         check_number("lr", group["lr"], low=0)
         check_number("sigma", group["sigma"], low=0, low_open=True)
         check_number("rank", group["rank"], low=0, integer=True)
+        if group["max_grad_norm"] is not None:
+            check_number("max_grad_norm", group["max_grad_norm"], low=0, low_open=True)
         for p in group["params"]:
             if p.is_sparse or p.layout != torch.strided:
                 raise ValueError(f"parameters must be dense tensors, got layout {p.layout}")

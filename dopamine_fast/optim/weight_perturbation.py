@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .functional import apply_noise_combination, wp_coefficients
 from .perturbation_optimizer import PerturbationOptimizer
 
@@ -17,6 +19,7 @@ class WeightPerturbation(PerturbationOptimizer):
             delta_j = L(w + sigma eps_j) - L(w)                     (RPE of member j; L(w) is member 0)
               antithetic: delta_j = (L(w + sigma eps_j) - L(w - sigma eps_j)) / 2, j = 1 .. K/2
             g = (1/n) sum_j delta_j eps_j / sigma                   (n noise ids)
+            g <- g * min(1, max_grad_norm / ||g||)                  (only with max_grad_norm, per group)
             w <- w - eta g
 
     With K = 1 this is classic weight perturbation. ``rank = r >= 1`` draws low-rank noise
@@ -30,13 +33,16 @@ class WeightPerturbation(PerturbationOptimizer):
         antithetic: evaluate pairs ``+eps, -eps`` (central differences).
         rank: 0 for full-rank noise, r >= 1 for rank-r noise on matrices.
         seed: noise seed in [0, 2**63); the same seed gives the same run.
+        max_grad_norm: clip the estimate ``g`` of each group to this norm (None: no clipping), as
+            ``clip_grad_norm_`` does for back-propagated gradients; costs one O(P) buffer.
     """
 
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
-                 antithetic: bool = True, rank: int = 0, seed: int = 0):
-        defaults = dict(lr=lr, sigma=sigma, rank=rank)
+                 antithetic: bool = True, rank: int = 0, seed: int = 0, max_grad_norm: Optional[float] = None):
+        defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed)
 
     def _update(self, plan, delta):
         for group, pns in self._group_params(plan):
-            apply_noise_combination(plan, pns, wp_coefficients(delta, group["sigma"]), -group["lr"])
+            apply_noise_combination(plan, pns, wp_coefficients(delta, group["sigma"]), -group["lr"],
+                                    group["max_grad_norm"])
