@@ -2,14 +2,16 @@
 //
 // Members are independent, so full rank runs each member's whole sequence at once: its noise is generated once
 // per call (not per step) into per-thread weights, the input projection of all T steps is one GEMM and each step
-// one [B, H] x [H, H] GEMM. Low rank keeps the members together: per step x_t W_ih^T and h W_hh^T are GEMMs
-// over all K*B rows, and each row adds its member's low-rank corrections and bias (low_rank_rows.h) from
-// factors generated once per call (they are small).
+// one [B, H] x [H, H] GEMM. Low rank splits the members into balanced blocks that each run the whole sequence:
+// per step h W_hh^T (and x_t W_ih^T for per-member x) is one GEMM over the block's rows, and each row adds its
+// member's low-rank corrections and bias (low_rank_rows.h) from factors generated once per call (they are
+// small); a shared x is projected once for all members and steps.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -23,7 +25,7 @@
 namespace dopamine_fast {
 namespace {
 
-constexpr int64_t kBlockRows = 256;  // rows (members x batch) one low-rank task carries through the sequence
+constexpr int64_t kBlockRows = 256;  // most rows (members x batch) one low-rank block carries through the sequence
 
 struct RnnArgs {
   at::Tensor x;    // [B, T, in] (shared) or [K, B, T, in], contiguous, compute dtype
@@ -94,6 +96,18 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   });
 }
 
+// Splits the members into blocks of at most about kBlockRows rows, their count a multiple of the thread count and
+// their sizes within one member of each other, so no thread is left with a short last block.
+std::vector<int64_t> member_blocks(int64_t members, int64_t batch) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t most = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, batch));
+  int64_t count = (members + most - 1) / most;
+  count = std::min(members, (count + threads - 1) / threads * threads);
+  std::vector<int64_t> starts(count + 1);
+  for (int64_t i = 0; i <= count; ++i) starts[i] = i * members / count;
+  return starts;
+}
+
 template <typename T>
 void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const int64_t hidden = a.w_hh.size(0), in = a.w_ih.size(1), members = a.num_members;
@@ -102,27 +116,30 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const cpu::Members mem{members, a.baseline, a.antithetic, a.sigma};
   const auto f_ih = cpu::member_factors(hidden, in, r, a.keys[0], mem, a.w_hh.options());
   const auto f_hh = cpu::member_factors(hidden, hidden, r, a.keys[1], mem, a.w_hh.options());
-  // A shared x needs its input projection once for all members: [B, T, H].
-  const at::Tensor xw = shared ? at::matmul(a.x, a.w_ih.t()) : at::Tensor();
-  const T* xp = a.x.data_ptr<T>();
-  // Blocks of about kBlockRows rows run their whole sequence in one task, so a block's state stays in cache
-  // and the shared weights' GEMMs run on all of its rows at once.
-  const int64_t per_block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, batch));
-  at::parallel_for(0, (members + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
-    for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const int64_t k0 = blk * per_block, nk = std::min(per_block, members - k0);
+  // A shared x needs its input projection once for all members and steps: [T, B, H], each step contiguous.
+  const at::Tensor xw = shared ? at::matmul(a.x.transpose(0, 1), a.w_ih.t()).contiguous() : at::Tensor();
+  const int64_t x_member = shared ? 0 : batch * steps * in;
+  const std::vector<int64_t> starts = member_blocks(members, batch);
+  // Each block runs its whole sequence alone: no synchronisation per step, its state stays in cache, and its
+  // GEMMs with the shared weights cover all of its rows. Threads take blocks as they finish, so a thread slowed
+  // by another process on its core does not hold the others back.
+  std::atomic<int64_t> next{0};
+  const int64_t num_blocks = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t blk = next++; blk < num_blocks; blk = next++) {
+      const int64_t k0 = starts[blk], nk = starts[blk + 1] - k0;
       at::Tensor h = a.h0.narrow(0, k0, nk).clone();
+      at::Tensor pre = at::empty_like(h);
       at::Tensor x_t = shared ? at::Tensor() : at::empty({nk * batch, in}, a.x.options());
       for (int64_t t = 0; t < steps; ++t) {
-        at::Tensor pre = at::empty({nk, batch, hidden}, a.w_hh.options());
-        const at::Tensor base = shared ? xw.select(1, t).contiguous() : at::Tensor();
-        const int64_t x_member = shared ? 0 : batch * steps * in;
+        // Each row's base, bias and both low-rank corrections in one pass (the factors are small).
         const std::vector<cpu::LowRankTerm<T>> terms{
-            {xp + k0 * x_member + t * in, x_member, steps * in, in, f_ih.first.data_ptr<T>() + k0 * r * hidden,
-             f_ih.second.data_ptr<T>() + k0 * r * in},
+            {a.x.data_ptr<T>() + k0 * x_member + t * in, x_member, steps * in, in,
+             f_ih.first.data_ptr<T>() + k0 * r * hidden, f_ih.second.data_ptr<T>() + k0 * r * in},
             {h.data_ptr<T>(), batch * hidden, hidden, hidden, f_hh.first.data_ptr<T>() + k0 * r * hidden,
              f_hh.second.data_ptr<T>() + k0 * r * hidden}};
-        cpu::low_rank_rows<T>(pre.data_ptr<T>(), nk, batch, hidden, r, shared ? base.data_ptr<T>() : nullptr,
+        cpu::low_rank_rows<T>(pre.data_ptr<T>(), nk, batch, hidden, r,
+                              shared ? xw.data_ptr<T>() + t * batch * hidden : nullptr,
                               bias.data_ptr<T>() + k0 * hidden, terms);
         at::Tensor pre2d = pre.view({-1, hidden});
         pre2d.addmm_(h.view({-1, hidden}), a.w_hh.t());
@@ -132,7 +149,7 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
         }
         cpu::apply_activation_(pre, a.act);
         if (a.return_sequence) out.narrow(0, k0, nk).select(2, t).copy_(pre);
-        h = pre;
+        std::swap(h, pre);
       }
       if (!a.return_sequence) out.narrow(0, k0, nk).copy_(h);
     }
