@@ -34,14 +34,6 @@ class PerturbationPlan:
     antithetic: bool
     params: Tuple[ParamNoise, ...]
 
-    @property
-    def baseline(self) -> bool:
-        return True
-
-    @property
-    def num_noise_ids(self) -> int:
-        return ops.num_noise_ids(self.num_members, True, self.antithetic)
-
 
 def reward_prediction_errors(losses: torch.Tensor, antithetic: bool) -> torch.Tensor:
     """One RPE per noise id from the member losses ``[L(w), L(w + s_1 sigma eps), ...]``.
