@@ -23,10 +23,8 @@ DERIVED = ["normals_per_s", "ratio_to_randn"]
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], budget_s=20, cuda_budget_s=20)
-    names = common.kernel_backends("noise_", args.device, args.backends)
-    rec = common.Recorder("noise", args, COLUMNS, DERIVED)
-    for num_ids, numel in GRID["quick" if args.quick else args.device.type]:
+    args, grid, names, rec = common.start(__doc__, "noise", "noise_", GRID, COLUMNS, DERIVED, 20, 20)
+    for num_ids, numel in grid:
         out = torch.empty(num_ids, numel, device=args.device)
         base = dict(num_ids=num_ids, numel=numel, normals=num_ids * numel)
         rec.measure(("randn",), lambda: torch.randn(num_ids, numel, out=out), work=num_ids * numel,

@@ -27,10 +27,8 @@ DERIVED = ["ratio_to_floor", "gflops", "matmul_fraction"]
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], budget_s=60, cuda_budget_s=40)
-    grid = GRID["quick" if args.quick else args.device.type]
-    names = common.kernel_backends("perturbed_linear", args.device, args.backends)
-    rec = common.Recorder("perturbed_linear", args, COLUMNS, DERIVED)
+    args, grid, names, rec = common.start(__doc__, "perturbed_linear", "perturbed_linear", GRID, COLUMNS, DERIVED,
+                                          60, 40)
     matmul = common.matmul_flops(args.device)
     rates = common.noise_rates(args.device, names)
     gen = torch.Generator().manual_seed(0)

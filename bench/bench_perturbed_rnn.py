@@ -34,10 +34,7 @@ def floor(x, w_ih, w_hh, b_ih, b_hh):
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], budget_s=45, cuda_budget_s=30)
-    grid = GRID["quick" if args.quick else args.device.type]
-    names = common.kernel_backends("perturbed_rnn", args.device, args.backends)
-    rec = common.Recorder("perturbed_rnn", args, COLUMNS, DERIVED)
+    args, grid, names, rec = common.start(__doc__, "perturbed_rnn", "perturbed_rnn", GRID, COLUMNS, DERIVED, 45, 30)
     matmul = common.matmul_flops(args.device)
     rates = common.noise_rates(args.device, names)
     gen = torch.Generator().manual_seed(0)

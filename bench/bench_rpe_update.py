@@ -27,12 +27,10 @@ MAX_STORED_BYTES = 2 * 2**30
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], budget_s=30, cuda_budget_s=25)
-    names = common.kernel_backends("rpe_update_", args.device, args.backends)
-    rec = common.Recorder("rpe_update", args, COLUMNS, DERIVED)
+    args, grid, names, rec = common.start(__doc__, "rpe_update", "rpe_update_", GRID, COLUMNS, DERIVED, 30, 25)
     rates = common.noise_rates(args.device, names)
     gen = torch.Generator().manual_seed(0)
-    for shape, ks in GRID["quick" if args.quick else args.device.type].items():
+    for shape, ks in grid.items():
         param = torch.randn(*shape, generator=gen).to(args.device)
         numel = param.numel()
         for k in ks:

@@ -73,6 +73,13 @@ def set_threads(n: int) -> None:
                                    "intra_op_parallelism_threads=1").strip()
 
 
+def start(doc: str, bench: str, op: str, grids: dict, columns, derived, budget_s: float, cuda_budget_s: float):
+    """The opening every op benchmark shares: arguments, this run's grid, the backends to time, a recorder."""
+    args = parse_args(doc.splitlines()[0], budget_s=budget_s, cuda_budget_s=cuda_budget_s)
+    grid = grids["quick" if args.quick else args.device.type]
+    return args, grid, kernel_backends(op, args.device, args.backends), Recorder(bench, args, columns, derived)
+
+
 def kernel_backends(op: str, device: torch.device, only: Optional[str] = None) -> List[str]:
     """Backends worth timing for ``op`` on ``device``: on the CPU, Triton would run its interpreter (a test tool)."""
     names = backends.available_backends(op, device)

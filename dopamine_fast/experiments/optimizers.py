@@ -103,14 +103,14 @@ def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
     opt = _perturbation_optimizer(name, model.parameters(), hp, seed)
     radius = hp.get("spectral_radius")
     recurrent = getattr(model, "recurrent_weight", None)
+    if radius is not None and recurrent is not None:
+        dopamine_fast.keep_spectral_radius(opt, recurrent, radius)
     # The 1 + K members in one batched pass (fused ops for the tasks' Sequential models); task.loss is the MSE.
     population = dopamine_fast.Population(model, loss="mse")
 
     def step(x, y):
         with torch.no_grad():
             loss = opt.step(population=population, inputs=x, targets=y)
-            if radius is not None and recurrent is not None:
-                dopamine_fast.rescale_spectral_radius_(recurrent, radius)
         return float(loss)
 
     return Stepper(step, opt.evaluations_per_step, lambda: float(opt.current_lr))

@@ -92,13 +92,13 @@ def apply_noise_combination(plan: PerturbationPlan, params: Tuple[ParamNoise, ..
         pn.param.data.add_(u, alpha=alpha * scale)
 
 
-def member_perturbation(pn: ParamNoise, plan: PerturbationPlan, noise_id: int) -> torch.Tensor:
-    """``eps`` of one parameter for one noise id, shaped like the parameter (the drop-in path's O(P) buffer)."""
+def member_perturbations(pn: ParamNoise, plan: PerturbationPlan, first_id: int, count: int) -> torch.Tensor:
+    """``eps`` of one parameter for noise ids ``first_id .. first_id+count-1``: [count, *param.shape]."""
     p = pn.param
     rank = pn.rank if p.dim() >= 2 else 0
-    v = ops.noise(plan.seed, plan.step, pn.stream, noise_id, 1, ops.low_rank_numel(p.shape, rank),
+    v = ops.noise(plan.seed, plan.step, pn.stream, first_id, count, ops.low_rank_numel(p.shape, rank),
                   device=p.device, dtype=p.dtype)
-    return ops.expand_noise(v, p.shape, rank)[0]
+    return ops.expand_noise(v, p.shape, rank)
 
 
 def is_finite(x: torch.Tensor) -> bool:
@@ -121,5 +121,5 @@ def mean_abs(delta: torch.Tensor) -> float:
 
 
 __all__ = ["ParamNoise", "PerturbationPlan", "reward_prediction_errors", "wp_coefficients", "dopamine_level",
-           "dopamine_lr", "dopamine2_lr", "apply_noise_combination", "member_perturbation", "check_scalar_loss",
+           "dopamine_lr", "dopamine2_lr", "apply_noise_combination", "member_perturbations", "check_scalar_loss",
            "is_finite", "mean_abs"]

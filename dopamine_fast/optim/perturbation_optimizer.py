@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from ..ops import member_noise_ids
 from ..ops.noise import MAX_SEED
-from .functional import (ParamNoise, PerturbationPlan, check_scalar_loss, is_finite, member_perturbation,
+from .functional import (ParamNoise, PerturbationPlan, check_scalar_loss, is_finite, member_perturbations,
                          reward_prediction_errors)
 
 GLOBAL_STATE = "global"
@@ -126,9 +126,13 @@ class PerturbationOptimizer(Optimizer):
             return losses  # the step is skipped: no point evaluating the members
         backup = [pn.param.detach().clone() for pn in plan.params]
         ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
+        eps, eps_id = None, None
         for m in range(1, plan.num_members):
-            for pn in plan.params:
-                pn.param.add_(member_perturbation(pn, plan, int(ids[m])), alpha=float(signs[m]) * pn.sigma)
+            if int(ids[m]) != eps_id:  # an antithetic pair's two members share one draw
+                eps_id = int(ids[m])
+                eps = [member_perturbations(pn, plan, eps_id, 1)[0] for pn in plan.params]
+            for pn, e in zip(plan.params, eps):
+                pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
             losses[m] = check_scalar_loss(closure()).double()
             for pn, saved in zip(plan.params, backup):
                 pn.param.copy_(saved)

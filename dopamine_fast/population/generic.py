@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from .. import ops
-from ..optim.functional import ParamNoise, PerturbationPlan
+from ..optim.functional import ParamNoise, PerturbationPlan, member_perturbations
 from .losses import member_losses
 
 # Perturbed parameters one chunk may hold when the user sets no chunk size.
@@ -26,12 +26,8 @@ def member_parameters(pn: ParamNoise, plan: PerturbationPlan, ids: torch.Tensor,
                       signs: torch.Tensor) -> torch.Tensor:
     """``w + s_m sigma eps_m`` for the members with noise ids ``ids`` and signs ``signs``: [m, *w.shape]."""
     p = pn.param.detach()
-    rank = pn.rank if p.dim() >= 2 else 0
     first = int(ids.min())
-    count = int(ids.max()) - first + 1
-    v = ops.noise(plan.seed, plan.step, pn.stream, first, count, ops.low_rank_numel(p.shape, rank),
-                  device=p.device, dtype=p.dtype)
-    eps = ops.expand_noise(v, p.shape, rank)[(ids - first).to(p.device)]
+    eps = member_perturbations(pn, plan, first, int(ids.max()) - first + 1)[(ids - first).to(p.device)]
     scale = (signs.to(device=p.device, dtype=p.dtype) * pn.sigma).reshape(-1, *[1] * p.dim())
     return eps.mul_(scale).add_(p)
 
