@@ -4,7 +4,11 @@ Environment switches:
   DOPAMINE_FAST_NO_NATIVE_BUILD=1  build no extension (pure-Python install; the PyTorch reference serves every op)
   DOPAMINE_FAST_NO_CUDA_BUILD=1    build the CPU kernels only
   CUDA_HOME                        the CUDA toolkit to use (otherwise nvcc is looked for, see _find_cuda_home)
-  TORCH_CUDA_ARCH_LIST             GPU architectures (default "9.0", H100/H200, to keep compile time down)
+  TORCH_CUDA_ARCH_LIST             GPU architectures, e.g. "9.0" (default: the GPUs present at build time, else
+                                   PORTABLE_CUDA_ARCH_LIST below). The list built is recorded beside the
+                                   module, in dopamine_fast/_build_config.py, so that the package can tell
+                                   at import whether the GPU it runs on has a kernel image (else Triton or
+                                   the reference serves)
   MAX_JOBS                         parallel compile jobs (read by torch.utils.cpp_extension)
 """
 
@@ -19,6 +23,8 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# A100 (8.0), RTX 30xx / A10 / A40 (8.6), L4 / L40 / RTX 40xx (8.9), H100 / H200 (9.0); PTX of 9.0 for newer GPUs.
+PORTABLE_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 
 
 def _flag(name: str) -> bool:
@@ -86,6 +92,31 @@ def _cpu_flags() -> list:
     return ["-O3", "-fopenmp", "-fno-math-errno"]
 
 
+def _cuda_arch_list(torch) -> str:
+    """TORCH_CUDA_ARCH_LIST when set; else the compute capabilities of the GPUs this machine has; else portable."""
+    given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if given:
+        return given
+    if torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in caps)
+    return PORTABLE_CUDA_ARCH_LIST
+
+
+def _recording_build_ext(base, cuda_arch_list):
+    """``base`` (torch's BuildExtension) that also writes, beside the built module, what its CUDA kernels were
+    compiled for: dopamine_fast._native reads it to tell whether the GPU at hand has a kernel image."""
+
+    class BuildExt(base):
+        def run(self):
+            super().run()
+            folder = os.path.dirname(self.get_ext_fullpath("dopamine_fast._C"))
+            with open(os.path.join(folder, "_build_config.py"), "w") as f:
+                f.write("# Written by setup.py when it built dopamine_fast._C (not tracked by git).\n"
+                        f"CUDA_ARCH_LIST = {cuda_arch_list!r}  # of the CUDA kernels; None: none built\n")
+    return BuildExt
+
+
 def _extensions():
     if _flag("DOPAMINE_FAST_NO_NATIVE_BUILD"):
         print("dopamine_fast: DOPAMINE_FAST_NO_NATIVE_BUILD set, building no native module", file=sys.stderr)
@@ -111,12 +142,15 @@ def _extensions():
         # torch.utils.cpp_extension reads CUDA_HOME when it is imported; it must agree with the toolkit found.
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list(torch)
+        print(f"dopamine_fast: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+              file=sys.stderr)
         include_dirs += _pip_cuda_include_dirs()
         extra["nvcc"] = ["-O3"]
         ext = cpp_extension.CUDAExtension("dopamine_fast._C", sources + cuda_sources, include_dirs=include_dirs,
                                           extra_compile_args=extra, extra_link_args=link_args)
-    return [ext], {"build_ext": cpp_extension.BuildExtension}
+    arch_list = None if cuda_home is None else os.environ["TORCH_CUDA_ARCH_LIST"]
+    return [ext], {"build_ext": _recording_build_ext(cpp_extension.BuildExtension, arch_list)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -16,7 +16,8 @@ from dopamine_fast import use_backend
 GRID = {  # (num_ids, numel per id), smallest first
     "quick": [(2, 1000), (4, 4099)],
     "cpu": [(1, 1 << 16), (16, 1 << 16), (16, 1 << 20), (64, 1 << 20)],
-    "cuda": [(1, 1 << 16), (16, 1 << 20), (64, 1 << 20), (256, 1 << 20), (1024, 1 << 20)],
+    # On a GPU (issue 11's one short session) the sizes that answer the question, largest last.
+    "cuda": [(1, 1 << 16), (16, 1 << 20), (256, 1 << 20)],
 }
 COLUMNS = ["num_ids", "numel", "normals", "backend"]
 DERIVED = ["normals_per_s", "ratio_to_randn"]

@@ -20,7 +20,9 @@ GRID = {  # (in, out, batch) -> K, smallest first
     "quick": {(33, 17, 5): [3, 8]},
     "cpu": {(256, 256, 32): [16, 64, 256, 1024], (256, 256, 1): [16, 64, 256, 1024, 4096],
             (1024, 1024, 32): [16, 64, 256], (1024, 1024, 1): [16, 64, 256, 1024]},
-    "cuda": {(i, i, b): [16, 256, 1024, 4096, 16384, 65536] for i in (256, 1024) for b in (1, 32, 256)},
+    # On a GPU (issue 11's one short session): the MLP 3x1024 layer at K=4096, B=32 first.
+    "cuda": {(1024, 1024, 32): [256, 4096], (256, 256, 32): [1024, 16384], (1024, 1024, 1): [4096],
+             (1024, 1024, 256): [4096]},
 }
 COLUMNS = ["in_features", "out_features", "batch", "K", "members", "backend", "rank", "normals"]
 DERIVED = ["ratio_to_floor", "gflops", "matmul_fraction"]

@@ -1,7 +1,9 @@
 """Perturbed evaluation of a population (K members + the unperturbed one) against the baselines and the floor.
 
-For each model (MLP 3x256, MLP 3x1024, RNN 512x32), batch and K: the fused ops on every backend (full rank,
-rank 1, rank 4), (a) a plain loop over members, (b) ``torch.func.vmap`` over materialised parameters,
+For each model (MLP 3x256 as ``nn.Sequential`` and as a custom module, MLP 3x1024, RNN 512x32), batch and K: the
+package through its public API, ``df.Population(model)(opt.plan(), x, y)``, on every kernel backend (full rank,
+rank 1, rank 4; the ``path`` column says whether it ran fused or generic), (a) a plain loop over members,
+(b) ``torch.func.vmap`` over materialised parameters,
 (c) EvoTorch's evaluation of a ready population and its PGPE step, (d) evosax's ``jit(vmap)`` evaluation and its
 Open-ES step, (e) the floor: one forward of the unperturbed network on all rows, and JAX's jitted floor.
 Writes ``population.csv`` (times, peak memory, ratios to the floors, FLOP/s) and ``population.png``.
@@ -16,10 +18,11 @@ import functools
 import torch
 
 import common
+import dopamine_fast as df
 from dopamine_fast import use_backend
 from peers import EvosaxPeer, EvoTorchPeer, evotorch_status, jax_status
-from workloads import (floor_inputs, floor_loss, fused_losses, loop_losses, make_plan, make_workload,
-                       normals_per_evaluation, vmap_losses)
+from workloads import (dopamine, floor_inputs, floor_loss, loop_losses, make_workload, normals_per_evaluation,
+                       vmap_losses)
 
 SIGMA = 0.01
 RANKS = (0, 1, 4)
@@ -27,15 +30,15 @@ RANKS = (0, 1, 4)
 # the per-call limit. Most telling first, so that a spent budget cuts the least: issue 5's targets are the MLP of
 # width 256 at K=1024, batch 1 and 32.
 GRID = {
-    "quick": [("mlp32", 1, [4, 8]), ("mlp32", 4, [4, 8]), ("rnn16", 2, [4])],
-    "cpu": [("mlp256", 32, [16, 64, 256, 1024]), ("mlp256", 1, [16, 64, 256, 1024]), ("rnn512", 32, [16, 64]),
-            ("mlp1024", 32, [16, 64, 256]), ("mlp256", 256, [16, 64]), ("mlp1024", 1, [16, 64, 256]),
-            ("rnn512", 1, [16, 64, 256]), ("mlp256", 1, [4096])],
-    "cuda": [(m, b, [16, 256, 1024, 4096, 16384, 65536])
-             for m, b in (("mlp256", 32), ("mlp256", 1), ("rnn512", 32), ("mlp1024", 32), ("mlp256", 256),
-                          ("mlp1024", 1), ("rnn512", 1), ("mlp1024", 256), ("rnn512", 256))],
+    "quick": [("mlp32", 4, [4, 8]), ("custom_mlp32", 4, [8]), ("rnn16", 2, [4]), ("mlp32", 1, [4, 8])],
+    "cpu": [("mlp256", 32, [16, 64, 256, 1024]), ("mlp256", 1, [16, 64, 256, 1024]), ("custom_mlp256", 32, [1024]),
+            ("rnn512", 32, [16, 64]), ("mlp1024", 32, [16, 64, 256]), ("mlp256", 256, [16, 64]),
+            ("mlp1024", 1, [16, 64, 256]), ("rnn512", 1, [16, 64, 256]), ("mlp256", 1, [4096])],
+    # On a GPU (issue 11's one short session): MLP 3x1024, K=4096, B=32 first.
+    "cuda": [("mlp1024", 32, [4096]), ("mlp256", 32, [1024, 16384]), ("mlp256", 1, [1024]),
+             ("rnn512", 32, [64, 1024]), ("mlp1024", 256, [4096]), ("custom_mlp256", 32, [1024])],
 }
-COLUMNS = ["model", "batch", "K", "members", "method", "backend", "rank", "params"]
+COLUMNS = ["model", "batch", "K", "members", "method", "backend", "rank", "path", "params"]
 DERIVED = ["ratio_to_floor", "ratio_to_jax_floor", "speedup_vs_loop", "speedup_vs_vmap", "speedup_vs_evotorch",
            "matmul_gflops", "matmul_fraction", "normals"]
 
@@ -61,20 +64,23 @@ def run_case(rec, w, model, batch, k, backends, rates, matmul_rate, args):
                 method="floor", backend="torch", rank="", **base)
     del xf, yf
 
+    pop = df.Population(w.model)
     for name in backends:
         for rank in RANKS:
-            plan = make_plan(w, members, SIGMA, rank)
+            plan = dopamine(w, k, rank, SIGMA).plan()
             normals = normals_per_evaluation(w, members, rank)
-            run = functools.partial(fused_losses, w, plan)
 
-            def fused(run=run, name=name):
+            def evaluate(plan=plan, name=name):
                 with use_backend(name):
-                    return run()
+                    return pop(plan, w.x, w.y)
             # Full rank is bound by noise generation, low rank by the matrix products: estimate both.
             estimate = normals / rates[name] + 2 * flops / matmul_rate
-            rec.measure((model, batch, "fused", name, rank), fused, work=normals + flops / 10, estimate_s=estimate,
-                        method="fused", backend=name, rank=rank, normals=normals, **base)
+            rec.measure((model, batch, "population", name, rank), evaluate, work=normals + flops / 10,
+                        estimate_s=estimate, method="population", backend=name, rank=rank, normals=normals,
+                        path=lambda: pop.last_path, **base)
 
+    if model.startswith("custom"):
+        return  # the custom module is there to show it runs as fast as the nn.Sequential; its baselines are those
     for method, fn in (("loop", loop_losses), ("vmap", vmap_losses)):
         if method == "vmap" and too_big:
             rec.skip(big_status, method=method, backend="torch", rank="full", **base)
@@ -91,6 +97,7 @@ def run_case(rec, w, model, batch, k, backends, rates, matmul_rate, args):
     for method, attr, cls, why in peer_cases:
         fields = dict(method=method, backend=method.split("_")[0], rank="full" if method != "jax_floor" else "",
                       **base)
+        why = "--no-peers" if args.no_peers else why
         if why:
             rec.skip(f"skipped: {why}", **fields)
             continue
@@ -140,6 +147,8 @@ def add_ratios(rows, matmul_rate, workloads):
 def main():
     args = common.parse_args(__doc__.splitlines()[0], budget_s=290, cuda_budget_s=90)
     grid = GRID["quick" if args.quick else args.device.type]
+    if args.cases:
+        grid = [(model, batch, ks) for (model, batch), ks in common.model_cases(args.cases).items()]
     names = common.kernel_backends("perturbed_linear", args.device, args.backends)
     # On the CPU the peers' steps take seconds at K=1024 (issue 5 measured 2-8 s), and they are the targets.
     slow_s = 0.5 if args.quick else 3.0 if args.device.type == "cpu" else 1.0
@@ -150,7 +159,7 @@ def main():
     workloads = {}
     for model, batch, ks in grid:
         w = make_workload(model, batch, args.device)
-        workloads.setdefault(model, make_workload(model, 1, "cpu"))
+        workloads.setdefault(model, w)
         for k in ks:
             print(f"{model} batch={batch} K={k}", flush=True)
             run_case(rec, w, model, batch, k, names, rates, matmul["flops"], args)

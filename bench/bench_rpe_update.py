@@ -18,7 +18,7 @@ RANKS = (0, 1, 4)
 GRID = {  # param shape -> number of noise ids, smallest first
     "quick": {(17, 33): [3, 8]},
     "cpu": {(256, 256): [16, 64, 256, 1024], (1024, 1024): [16, 64, 256]},
-    "cuda": {(s, s): [16, 256, 1024, 4096, 16384] for s in (256, 1024)},
+    "cuda": {(1024, 1024): [256, 4096], (256, 256): [1024, 16384]},
 }
 COLUMNS = ["rows", "cols", "K", "backend", "rank", "normals"]
 DERIVED = ["normals_per_s", "ratio_to_stored"]

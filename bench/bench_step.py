@@ -1,11 +1,11 @@
 """A whole Dopamine step (sample, evaluate K+1 members, update) against one Adam step with back-propagation.
 
-``dopamine_fused``: the members evaluated in one batched pass of the ops (``fused_losses``), then
-``step_from_losses`` (the fused ``rpe_update_``), per backend and rank; ``dopamine_closure``: the drop-in
-``opt.step(closure)``, members one after the other in place; ``adam``: forward, backward, ``Adam.step`` on the same
-batch; ``floor``: one forward on all (K+1)*B rows. EvoTorch's PGPE step and evosax's Open-ES step on the same
-population are in ``population.csv``; ``summarize.py`` sets them side by side. Writes ``step.csv`` and
-``step.png``.
+``dopamine_step``: the public fast path, ``opt.step(population=df.Population(model), inputs=x, targets=y)``, per
+backend and rank (the ``path`` column says whether the population ran fused or generic); ``dopamine_closure``:
+the drop-in ``opt.step(closure)``, members one after the other in place; ``adam``: forward, backward,
+``Adam.step`` on the same batch; ``floor``: one forward on all (K+1)*B rows. EvoTorch's PGPE step and evosax's
+Open-ES step on the same population are in ``population.csv``; ``summarize.py`` sets them side by side. Writes
+``step.csv`` and ``step.png``.
 
     python bench/bench_step.py [--device cuda] [--out DIR] [--quick]
 """
@@ -19,28 +19,21 @@ import torch
 import torch.nn.functional as F
 
 import common
-import dopamine_fast
+import dopamine_fast as df
 from dopamine_fast import use_backend
-from workloads import floor_inputs, floor_loss, fused_losses, make_workload, normals_per_evaluation
+from workloads import dopamine, floor_inputs, floor_loss, make_workload, normals_per_evaluation
 
 RANKS = (0, 1, 4)
 SIGMA = 0.05
 GRID = {  # (model, batch) -> K, smallest first
-    "quick": {("mlp32", 4): [4, 8]},
-    "cpu": {("mlp256", 32): [16, 64, 256, 1024], ("mlp256", 1): [16, 64, 256, 1024], ("rnn512", 32): [16, 64]},
-    "cuda": {(m, b): [16, 256, 1024, 4096, 16384, 65536] for m in ("mlp256", "mlp1024", "rnn512") for b in (1, 32)},
+    "quick": {("mlp32", 4): [4, 8], ("rnn16", 2): [4]},
+    "cpu": {("mlp256", 32): [16, 64, 256, 1024], ("mlp256", 1): [16, 64, 256, 1024],
+            ("custom_mlp256", 32): [1024], ("rnn512", 32): [16, 64]},
+    # On a GPU (issue 11's one short session): the paper's RNN first (512 hidden, batch 5000, look-back 32).
+    "cuda": {("rnn512", 5000): [16, 64], ("mlp1024", 32): [4096], ("mlp256", 32): [1024], ("mlp256", 1): [1024]},
 }
-COLUMNS = ["model", "batch", "K", "members", "method", "backend", "rank", "normals"]
+COLUMNS = ["model", "batch", "K", "members", "method", "backend", "rank", "path", "normals"]
 DERIVED = ["ratio_to_adam", "ratio_to_floor"]
-
-
-def dopamine(w, k, rank):
-    return dopamine_fast.Dopamine(w.model.parameters(), lr=1e-3, sigma=SIGMA, num_perturbations=k,
-                                  antithetic=True, rank=rank, lr_min=1e-4, lr_max=1e-2)
-
-
-def fused_step(w, opt):
-    opt.step_from_losses(fused_losses(w, opt.plan()))
 
 
 def closure_step(w, opt):
@@ -49,6 +42,7 @@ def closure_step(w, opt):
 
 def main():
     args, grid, names, rec = common.start(__doc__, "step", "perturbed_linear", GRID, COLUMNS, DERIVED, 60, 40)
+    grid = common.model_cases(args.cases) if args.cases else grid
     matmul = common.matmul_flops(args.device)
     rates = common.noise_rates(args.device, names)
     for (model, batch), ks in grid.items():
@@ -66,28 +60,31 @@ def main():
             flops = w.matmul_flops(members * batch)
             if rec.too_large(4.0 * members * w.x.numel() + 4.0 * members * batch * w.width, method="all", **base):
                 continue
-            rec.measure((model, batch, "adam"), adam_step, method="adam", backend="torch", rank="", **base)
+            rec.measure((model, batch, "adam"), adam_step, method="adam", backend="torch", rank="", path="", **base)
             xf, yf = floor_inputs(w, members)
             rec.measure((model, batch, "floor"), functools.partial(floor_loss, w, xf, yf), work=flops,
-                        method="floor", backend="torch", rank="", **base)
+                        method="floor", backend="torch", rank="", path="", **base)
             del xf, yf
+            pop = df.Population(w.model)
             for name in names:
                 for rank in RANKS:
                     # Twice the evaluation's normals: the update regenerates the same noise.
                     normals = 2 * normals_per_evaluation(w, members, rank)
-                    opt = dopamine(w, k, rank)
+                    opt = dopamine(w, k, rank, SIGMA)
 
                     def run(opt=opt, name=name):
                         with use_backend(name):
-                            fused_step(w, opt)
+                            opt.step(population=pop, inputs=w.x, targets=w.y)
                     estimate = normals / rates[name] + 2 * flops / matmul["flops"]
-                    rec.measure((model, batch, "fused", name, rank), run, work=normals + flops / 10,
-                                estimate_s=estimate, method="dopamine_fused", backend=name, rank=rank,
-                                normals=normals, **base)
-            opt = dopamine(w, k, 0)
+                    rec.measure((model, batch, "step", name, rank), run, work=normals + flops / 10,
+                                estimate_s=estimate, method="dopamine_step", backend=name, rank=rank,
+                                normals=normals, path=lambda: pop.last_path, **base)
+            if model.startswith("custom"):
+                continue  # there to show the custom module steps as fast as the nn.Sequential
+            opt = dopamine(w, k, 0, SIGMA)
             rec.measure((model, batch, "closure"), lambda: closure_step(w, opt), work=members,
                         estimate_s=members * w.num_params / rates[names[0]] if names else None,
-                        method="dopamine_closure", backend="auto", rank=0, **base)
+                        method="dopamine_closure", backend="auto", rank=0, path="closure", **base)
     by_case = {}
     for r in common.ok_rows(rec.rows):
         by_case.setdefault((r["model"], r["batch"], r["K"]), {})[r["method"]] = r["time_s"]

@@ -50,6 +50,11 @@ def parse_args(description: str, budget_s: float = 120.0, cuda_budget_s: float =
                              f"skipped (default {budget_s:g} on cpu, {cuda_budget_s:g} on cuda)")
     parser.add_argument("--backends", default=None,
                         help="comma-separated kernel backends to run (default: every one the device has)")
+    parser.add_argument("--cases", default=None,
+                        help="population/step only: run just these cases, e.g. mlp256:32:1024,mlp256:1:1024 "
+                             "(model:batch:K), instead of the device's grid")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave out EvoTorch and evosax even where installed (their set-up and JIT take seconds)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (and, with 1, for JAX too); default: torch's own choice. On a "
                              "machine shared with other work, 1 thread gives steadier times")
@@ -78,6 +83,18 @@ def start(doc: str, bench: str, op: str, grids: dict, columns, derived, budget_s
     args = parse_args(doc.splitlines()[0], budget_s=budget_s, cuda_budget_s=cuda_budget_s)
     grid = grids["quick" if args.quick else args.device.type]
     return args, grid, kernel_backends(op, args.device, args.backends), Recorder(bench, args, columns, derived)
+
+
+def model_cases(spec: str) -> Dict[tuple, List[int]]:
+    """``--cases`` "model:batch:K,..." as {(model, batch): [K, ...]} (the population and step grids' form)."""
+    cases: Dict[tuple, List[int]] = {}
+    for item in spec.split(","):
+        try:
+            model, batch, k = item.strip().split(":")
+            cases.setdefault((model, int(batch)), []).append(int(k))
+        except ValueError:
+            raise SystemExit(f"--cases: expected model:batch:K items separated by commas, got {item!r}") from None
+    return cases
 
 
 def kernel_backends(op: str, device: torch.device, only: Optional[str] = None) -> List[str]:
@@ -115,15 +132,17 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = REP
               max_first_s: Optional[float] = None) -> Dict:
     """Median, min and max seconds of one call of ``fn`` over ``repeats`` measurements after ``warmup`` calls.
 
-    Raises ``TooSlow`` without repeating when the first warm-up call takes longer than ``max_first_s``.
+    Raises ``TooSlow`` without repeating when the last warm-up call takes longer than ``max_first_s`` (earlier
+    ones may compile: Triton's first call of a kernel JIT-compiles it).
     """
-    start = time.perf_counter()
-    for _ in range(warmup):
+    first = 0.0
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
         synchronize(device)
-        if max_first_s is not None and time.perf_counter() - start > max_first_s:
-            raise TooSlow(time.perf_counter() - start)
-    first = (time.perf_counter() - start) / max(warmup, 1)
+        first = time.perf_counter() - start
+        if max_first_s is not None and i == warmup - 1 and first > max_first_s:
+            raise TooSlow(first)
     inner = max(1, min(1000, int(MIN_MEASURE_S / max(first, 1e-7))))
     times = []
     for _ in range(repeats):
@@ -281,7 +300,8 @@ def noise_rates(device: torch.device, names: Iterable[str]) -> Dict[str, float]:
 class Recorder:
     """Runs the cases of one benchmark script and collects a row per case.
 
-    ``measure(series, fn, work=..., **fields)`` times ``fn`` and its peak memory. Cases of one ``series`` come in
+    ``measure(series, fn, work=..., **fields)`` times ``fn`` and its peak memory (a callable field is called after
+    the timing, for what the calls found out). Cases of one ``series`` come in
     growing sizes; ``work`` is a number proportional to a case's cost, so the time of the last case of the series
     predicts the next one, and a case predicted (or estimated by the caller, ``estimate_s``) to take more than
     ``slow_s`` per call is recorded as skipped instead of run. Once the script's budget is spent every case left is
@@ -307,6 +327,10 @@ class Recorder:
         self._write_csv()  # as it goes, so a script killed by an outer timeout still leaves its rows
         return row
 
+    def record(self, timing: Dict, peak_mb: float = float("nan"), **fields) -> Dict:
+        """A row timed by the caller (``timing`` as ``time_call`` returns it)."""
+        return self._row(fields, **timing, peak_mb=peak_mb, status="ok")
+
     def too_large(self, activation_bytes: float, **fields) -> bool:
         """Record the case as skipped (True) when its activations alone exceed ``activation_cap_bytes``."""
         cap = activation_cap_bytes(self.device)
@@ -317,6 +341,7 @@ class Recorder:
         return True
 
     def skip(self, status: str, **fields) -> Dict:
+        fields = {k: "" if callable(v) else v for k, v in fields.items()}
         print(f"  {fields}: {status}", flush=True)
         return self._row(fields, status=status)
 
@@ -343,7 +368,9 @@ class Recorder:
                              f"per call", **fields)
         try:
             # A wrong prediction costs one call, not seven: a warm-up far over the limit ends the series.
-            timing = time_call(fn, self.device, repeats=repeats, max_first_s=3 * self.slow_s)
+            # On a GPU the first call may JIT-compile kernels: a second warm-up call is the one judged.
+            timing = time_call(fn, self.device, repeats=repeats, warmup=2 if self.device.type == "cuda" else 1,
+                               max_first_s=3 * self.slow_s)
             peak = peak_memory_mb(fn, self.device) if memory else float("nan")
         except TooSlow as slow:
             self.failed[series] = f"skipped: a smaller case took {slow.seconds:.3g} s for one call"
@@ -357,6 +384,7 @@ class Recorder:
             return self.skip(self.failed[series], **fields)
         if work is not None:
             self.last[series] = (timing["time_s"], work)
+        fields = {k: v() if callable(v) else v for k, v in fields.items()}  # what the calls found out
         row = self._row(fields, **timing, peak_mb=peak, status="ok")
         print(f"  {fields}: {timing['time_s'] * 1e3:.3f} ms, peak {peak:.1f} MiB", flush=True)
         return row

@@ -63,8 +63,8 @@ class EvoTorchPeer:
             from evotorch import Problem, SolutionBatch
             from evotorch.algorithms import PGPE
             from evotorch.neuroevolution.net import make_functional_module
-        fnet = make_functional_module(w.model, disable_autograd_tracking=True)
-        center = torch.nn.utils.parameters_to_vector(w.model.parameters()).detach()
+        fnet = make_functional_module(w.baseline_model, disable_autograd_tracking=True)
+        center = torch.nn.utils.parameters_to_vector(w.baseline_model.parameters()).detach()
 
         def fitness(values: torch.Tensor) -> torch.Tensor:
             return vmap(lambda p: F.mse_loss(fnet(p, w.x), w.y))(values)
@@ -90,7 +90,8 @@ class EvoTorchPeer:
 # -- evosax / JAX ----------------------------------------------------------------------------------------------
 def _jax_params(w: Workload):
     import jax.numpy as jnp
-    return {name.replace(".", "_"): jnp.asarray(p.detach().cpu().numpy()) for name, p in w.model.named_parameters()}
+    return {name.replace(".", "_"): jnp.asarray(p.detach().cpu().numpy())
+            for name, p in w.baseline_model.named_parameters()}
 
 
 def _jax_forward(w: Workload) -> Callable:

@@ -72,10 +72,15 @@ def fastest(rows, **match) -> Optional[Dict]:
     return min(found, key=lambda r: float(r["time_s"])) if found else None
 
 
+def notes(r, label_backend=True) -> str:
+    """" (backend)" of a row, and the population's path when it was not the fused one."""
+    found = [r["backend"]] if label_backend else []
+    found += [r["path"]] if r.get("path") not in (None, "", "fused", "closure") else []
+    return f" ({', '.join(found)})" if found else ""
+
+
 def cell_ratio(r, column="ratio_to_floor", label_backend=True) -> str:
-    if r is None:
-        return "–"
-    return x(r.get(column)) + (f" ({r['backend']})" if label_backend else "")
+    return "–" if r is None else x(r.get(column)) + notes(r, label_backend)
 
 
 def machine_section(out: Path) -> List[str]:
@@ -86,7 +91,8 @@ def machine_section(out: Path) -> List[str]:
             break
     m = info.get("machine", {})
     lines = ["## Machine", ""]
-    for key in ("cpu", "cpu_cores", "torch_threads", "load_average_1_5_15min", "gpu", "python", "torch", "triton", "native_module"):
+    for key in ("cpu", "cpu_cores", "torch_threads", "load_average_1_5_15min", "gpu", "python", "torch", "triton",
+                "native_module"):
         lines.append(f"- {key}: {m.get(key)}")
     backends = m.get("backends", {})
     lines.append(f"- backends on {m.get('device')}: " + "; ".join(f"{op} {v}" for op, v in backends.items()))
@@ -94,8 +100,8 @@ def machine_section(out: Path) -> List[str]:
     if sq:
         lines.append(f"- one {sq['n']}x{sq['n']} float32 matmul: {sq['flops'] / 1e9:.1f} GFLOP/s "
                      f"(the yardstick of the FLOP/s fractions)")
-    walls = {n: meta(out, n).get("wall_s") for n in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update",
-                                                     "population", "step")}
+    walls = {n: meta(out, n).get("wall_s") for n in ("dispatch", "noise", "perturbed_linear", "perturbed_rnn",
+                                                     "rpe_update", "population", "step")}
     lines.append("- wall time per script (s): " + ", ".join(f"{n} {w:.0f}" for n, w in walls.items() if w))
     peers = meta(out, "population").get("peers", {})
     if peers:
@@ -109,13 +115,14 @@ def population_section(out: Path) -> List[str]:
         return []
     lines = ["## Population evaluation (K perturbed members + the unperturbed one, one minibatch)", "",
              "Time of each method over the time of the floor (one plain forward of the unperturbed network on all "
-             "(K+1)·B rows); fused columns show the fastest backend. evosax is also divided by JAX's own jitted "
+             "(K+1)·B rows); the package's columns (`df.Population(model)(opt.plan(), x, y)`) show the fastest "
+             "backend. evosax is also divided by JAX's own jitted "
              "floor. Peak memory in MiB above what was live before the call.", ""]
     body = []
     for model, batch, k in cases(ok(rows), ["model", "batch", "K"]):
         c = dict(model=model, batch=batch, K=k)
         floor, jfloor = fastest(rows, method="floor", **c), fastest(rows, method="jax_floor", **c)
-        f0, f1, f4 = (fastest(rows, method="fused", rank=r, **c) for r in (0, 1, 4))
+        f0, f1, f4 = (fastest(rows, method="population", rank=r, **c) for r in (0, 1, 4))
         evo, sax = fastest(rows, method="evotorch_eval", **c), fastest(rows, method="evosax_eval", **c)
         loop, vm = fastest(rows, method="loop", **c), fastest(rows, method="vmap", **c)
         body.append([model, batch, k, ms(floor and floor["time_s"]), ms(jfloor and jfloor["time_s"]),
@@ -124,10 +131,10 @@ def population_section(out: Path) -> List[str]:
                      cell_ratio(sax, "ratio_to_jax_floor", False),
                      x(f1 and f1.get("speedup_vs_evotorch")), x(f0 and f0.get("speedup_vs_evotorch")),
                      f"{num(f1 and f1['peak_mb']) or 0:.1f} / {num(floor and floor['peak_mb']) or 0:.1f}"])
-    lines += table(["model", "B", "K", "floor ms", "JAX floor ms", "fused r1", "fused r4", "fused full", "loop",
+    lines += table(["model", "B", "K", "floor ms", "JAX floor ms", "rank 1", "rank 4", "full rank", "loop",
                     "vmap", "EvoTorch eval", "evosax eval (/JAX floor)", "r1 vs EvoTorch", "full vs EvoTorch",
                     "peak MiB r1 / floor"], body)
-    flops = [r for r in ok(rows) if r["method"] == "fused" and r["rank"] in ("1", "4") and int(r["batch"]) >= 32]
+    flops = [r for r in ok(rows) if r["method"] == "population" and r["rank"] in ("1", "4") and int(r["batch"]) >= 32]
     if flops:
         lines += ["Matrix-multiply FLOP/s of the low-rank evaluation at B ≥ 32 (2·rows·in·out per product), as a "
                   "fraction of the square matmul's:", ""]
@@ -138,9 +145,9 @@ def population_section(out: Path) -> List[str]:
 
 
 def targets_section(out: Path) -> List[str]:
-    """Issue 5's targets on the MLP of width 256 at K=1024 (CPU), each measured value beside its bound."""
+    """Issue 5's and 10's targets on the MLP of width 256 at K=1024 (CPU), each measured value beside its bound."""
     pop, steps = read(out, "population"), read(out, "step")
-    if not pop:
+    if not pop and not steps and not read(out, "targets"):
         return []
     body = []
 
@@ -149,36 +156,48 @@ def targets_section(out: Path) -> List[str]:
             body.append([what, "–", bound, "not measured"])
             return
         met = value >= bound if higher_is_better else value <= bound
-        body.append([what, f"{value:.3g}", f"{'≥' if higher_is_better else '≤'} {bound:g}", "met" if met else "missed"])
+        sign = "≥" if higher_is_better else "≤"
+        body.append([what, f"{value:.3g}", f"{sign} {bound:g}", "met" if met else "missed"])
 
     def val(r, column):
         return num(r.get(column)) if r else None
 
+    for r in ok(read(out, "targets")):  # bench_targets.py: the step/floor ratios measured in alternation
+        if r["bound"]:
+            check(f"B={r['batch']}: {'full-rank' if r['rank'] == '0' else 'rank-' + r['rank']} step / floor, "
+                  f"side by side (bench_targets.py, median of {r['repeats']} rounds)", num(r["ratio_to_floor"]),
+                  float(r["bound"]), False)
     c = dict(model="mlp256", K=1024)
     for batch in (1, 32):
-        r1, full = (fastest(pop, method="fused", rank=r, batch=batch, **c) for r in (1, 0))
+        s1, s0 = (fastest(steps, method="dopamine_step", rank=r, batch=batch, **c) for r in (1, 0))
+        check(f"B={batch}: rank-1 step (opt.step(population=...)) / floor", val(s1, "ratio_to_floor"),
+              3 if batch == 1 else 1.3, False)
+        if batch == 32:
+            check("B=32: full-rank step / floor", val(s0, "ratio_to_floor"), 3, False)
+        r1, full = (fastest(pop, method="population", rank=r, batch=batch, **c) for r in (1, 0))
         floor = fastest(pop, method="floor", batch=batch, **c)
-        check(f"B={batch}: rank-1 evaluation / floor", val(r1, "ratio_to_floor"), 3 if batch == 1 else 1.3, False)
+        check(f"B={batch}: rank-1 evaluation (Population) / floor", val(r1, "ratio_to_floor"),
+              3 if batch == 1 else 1.3, False)
         if batch == 1:
             check("B=1: rank 1, speedup vs EvoTorch evaluation", val(r1, "speedup_vs_evotorch"), 40, True)
             check("B=1: full rank, speedup vs EvoTorch evaluation", val(full, "speedup_vs_evotorch"), 3, True)
         else:
             check("B=32: full-rank evaluation / floor", val(full, "ratio_to_floor"), 3, False)
-            low = [r for r in ok(pop) if r["method"] == "fused" and r["rank"] in ("1", "4") and r["batch"] == "32"
-                   and r["model"] == "mlp256" and r["K"] == "1024"]
+            low = [r for r in ok(pop) if r["method"] == "population" and r["rank"] in ("1", "4")
+                   and r["batch"] == "32" and r["model"] == "mlp256" and r["K"] == "1024"]
             best = max((num(r["matmul_fraction"]) for r in low), default=None)
             check("B=32: low-rank matmul FLOP/s / square matmul's", best, 0.7, True)
         peaks = [val(r1, "peak_mb"), val(floor, "peak_mb")]
         check(f"B={batch}: peak memory of rank-1 evaluation / floor's",
               peaks[0] / peaks[1] if None not in peaks and peaks[1] > 0 else None, 2, False)
-        best_step = min((r for r in ok(steps) if r["method"] == "dopamine_fused" and r["model"] == "mlp256"
+        best_step = min((r for r in ok(steps) if r["method"] == "dopamine_step" and r["model"] == "mlp256"
                          and r["K"] == "1024" and r["batch"] == str(batch)), key=lambda r: float(r["time_s"]),
                         default=None)
         for method, bound, name in (("evotorch_pgpe_step", 10, "PGPE"), ("evosax_openes_step", 3, "Open-ES")):
             peer = fastest(pop, method=method, batch=batch, **c)
             ratio = float(peer["time_s"]) / float(best_step["time_s"]) if peer and best_step else None
             check(f"B={batch}: Dopamine step speedup vs {name} step", ratio, bound, True)
-    return ["## Issue 5's targets (MLP 3×256, K=1024)", ""] + table(["target", "measured", "bound", ""], body)
+    return ["## Targets (MLP 3×256, K=1024)", ""] + table(["target", "measured", "bound", ""], body)
 
 
 def step_section(out: Path) -> List[str]:
@@ -186,14 +205,15 @@ def step_section(out: Path) -> List[str]:
     if not rows:
         return []
     lines = ["## One optimizer step", "",
-             "Dopamine (sample + evaluate K+1 members + update) against one Adam step with back-propagation on the "
-             "same batch, and against EvoTorch's PGPE step and evosax's Open-ES step with K samples (from "
-             "population.csv).", ""]
+             "Dopamine, `opt.step(population=df.Population(model), inputs=x, targets=y)` (sample + evaluate K+1 "
+             "members + update), against the floor (one forward on the (K+1)·B rows), one Adam step with "
+             "back-propagation on the same batch, and EvoTorch's PGPE step and evosax's Open-ES step with K samples "
+             "(from population.csv).", ""]
     body = []
     for model, batch, k in cases(ok(rows), ["model", "batch", "K"]):
         c = dict(model=model, batch=batch, K=k)
         adam = fastest(rows, method="adam", **c)
-        steps = [fastest(rows, method="dopamine_fused", rank=r, **c) for r in (1, 4, 0)]
+        steps = [fastest(rows, method="dopamine_step", rank=r, **c) for r in (1, 4, 0)]
         closure = fastest(rows, method="dopamine_closure", **c)
         pgpe = fastest(pop, method="evotorch_pgpe_step", **c)
         openes = fastest(pop, method="evosax_openes_step", **c)
@@ -202,10 +222,12 @@ def step_section(out: Path) -> List[str]:
         def speedup(peer):
             return x(float(peer["time_s"]) / float(best["time_s"])) if peer and best else "–"
         body.append([model, batch, k, ms(adam and adam["time_s"])]
-                    + [f"{ms(s and s['time_s'])} ({s['backend']})" if s else "–" for s in steps]
-                    + [ms(closure and closure["time_s"]), cell_ratio(best, "ratio_to_adam", False),
+                    + [f"{ms(s['time_s'])}{notes(s)}" if s else "–" for s in steps]
+                    + [cell_ratio(steps[0], label_backend=False), cell_ratio(steps[2], label_backend=False),
+                       ms(closure and closure["time_s"]), cell_ratio(best, "ratio_to_adam", False),
                        ms(pgpe and pgpe["time_s"]), ms(openes and openes["time_s"]), speedup(pgpe), speedup(openes)])
-    return lines + table(["model", "B", "K", "Adam ms", "Dopamine r1 ms", "r4 ms", "full ms", "drop-in closure ms",
+    return lines + table(["model", "B", "K", "Adam ms", "Dopamine r1 ms", "r4 ms", "full ms", "r1 / floor",
+                          "full / floor", "drop-in closure ms",
                           "best / Adam", "PGPE step ms", "Open-ES step ms", "speedup vs PGPE",
                           "speedup vs Open-ES"], body)
 
@@ -241,9 +263,23 @@ def ops_section(out: Path) -> List[str]:
     return lines
 
 
+def dispatch_section(out: Path) -> List[str]:
+    rows = ok(read(out, "dispatch"))
+    if not rows:
+        return []
+    return ["## Op-layer overhead (bench_dispatch.py)", "",
+            "Tiny inputs; `native` is the compiled op called directly, `public_op` is `torch.ops.dopamine_fast.*` "
+            "(the dispatcher calls the package's Python body), `python_api` is `dopamine_fast.ops.*` (what the "
+            "package's own code calls), `backend_choice` the cached choice alone. Medians over interleaved rounds; "
+            "overhead is the median time above `native` (target: at most 5 µs).", ""] + table(
+        ["op", "method", "µs per call", "overhead µs"],
+        [[r["op"], r["method"], f"{num(r['time_us']):.2f}",
+          "–" if num(r["overhead_us"]) is None else f"{num(r['overhead_us']):+.2f}"] for r in rows])
+
+
 def skipped_section(out: Path) -> List[str]:
     counts = Counter()
-    for name in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update", "population", "step"):
+    for name in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update", "population", "step", "dispatch"):
         for r in read(out, name):
             if r.get("status") != "ok":
                 status = re.sub(r"about \S+ s per call", "about N s per call", r["status"])
@@ -272,8 +308,8 @@ def main():
              "[--device cuda] [--out DIR] [--quick]`; this file: `python bench/summarize.py --out DIR`. The peers "
              "are optional: `pip install --no-deps evotorch && pip install ray cma gymnasium pandas` (keeps the "
              "installed torch) and `pip install \"jax[cpu]\" evosax`; where one is missing its rows say so.", ""]
-    for section in (machine_section, targets_section, population_section, step_section, noise_section, ops_section,
-                    skipped_section):
+    for section in (machine_section, targets_section, population_section, step_section, dispatch_section,
+                    noise_section, ops_section, skipped_section):
         lines += section(out)
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'README.md'}")

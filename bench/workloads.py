@@ -1,18 +1,22 @@
-"""The networks the population and step benchmarks evaluate, and the PyTorch ways of evaluating K perturbed copies.
+"""The networks the population and step benchmarks train, built as users build them, and the baselines' methods.
 
-Models: ``mlp256`` and ``mlp1024`` (3 tanh layers of that width) and ``rnn512`` (an Elman RNN of 512 tanh units
-over 32 steps of a 3-dimensional series, with a linear readout of the last state); the loss is the mean squared
-error per member. Ways of evaluating the ``M = K + 1`` members (member 0 unperturbed):
+Models: ``mlp256`` and ``mlp1024`` (3 tanh layers of that width, an ``nn.Sequential``), ``custom_mlp256`` (the
+same layers called from a custom ``nn.Module``'s ``forward``) and ``rnn512`` (``nn.RNN`` of 512 tanh units over
+32 steps of a 3-dimensional series, ``LastHidden()``, a linear readout); the loss is the mean squared error.
+The package is timed through its public API only (``bench_population.py``: ``df.Population(model)(opt.plan(),
+x, y)``; ``bench_step.py``: ``opt.step(population=pop, inputs=x, targets=y)``). The baselines, each on the
+``M = K + 1`` members (member 0 unperturbed):
 
-- ``fused_losses``: the package's ops (``perturbed_linear`` with fused tanh, ``perturbed_rnn``), noise regenerated;
 - ``loop_losses``: a plain loop, perturbing the parameters in place with ``torch.randn``, forward, restore;
 - ``vmap_losses``: ``torch.func.vmap`` over materialised perturbed parameters;
 - ``floor_loss``: one plain forward of the unperturbed network on all ``M * B`` rows (the inference floor).
+
+``torch.func.vmap`` has no batching rule for ``nn.RNN``, so the vmap baseline and the peer libraries run the RNN
+written out step by step (``ElmanRegressor``, the same weights).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -21,28 +25,36 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+import dopamine_fast as df
 from dopamine_fast import ops
-from dopamine_fast.optim import ParamNoise, PerturbationPlan
 
 RNN_STEPS = 32
 RNN_FEATURES = 3
 
 
-class ElmanRegressor(nn.Module):
-    """Elman RNN (tanh) over a batch-first sequence and a linear readout of the last hidden state.
+class CustomMLP(nn.Module):
+    """The MLP as most users write it: layers as attributes, called in ``forward``."""
 
-    Written out rather than ``nn.RNN`` because ``torch.func.vmap`` has no batching rule for ``aten::rnn_tanh``;
-    the parameters are named and ordered as ``nn.RNN``'s, so the noise streams match the optimizer's.
-    """
-
-    def __init__(self, features: int, hidden: int):
+    def __init__(self, width: int, depth: int = 3):
         super().__init__()
-        bound = 1 / math.sqrt(hidden)
-        self.weight_ih = nn.Parameter(torch.empty(hidden, features).uniform_(-bound, bound))
-        self.weight_hh = nn.Parameter(torch.empty(hidden, hidden).uniform_(-bound, bound))
-        self.bias_ih = nn.Parameter(torch.empty(hidden).uniform_(-bound, bound))
-        self.bias_hh = nn.Parameter(torch.empty(hidden).uniform_(-bound, bound))
-        self.readout = nn.Linear(hidden, features)
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return x
+
+
+class ElmanRegressor(nn.Module):
+    """An ``nn.Sequential(nn.RNN, LastHidden(), nn.Linear)`` written out, for ``vmap`` (see the module docstring)."""
+
+    def __init__(self, rnn_model: nn.Sequential):
+        super().__init__()
+        rnn, readout = rnn_model[0], rnn_model[2]
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            setattr(self, name, nn.Parameter(getattr(rnn, f"{name}_l0").detach().clone()))
+        self.readout = nn.Linear(readout.in_features, readout.out_features)
+        self.readout.load_state_dict(readout.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.new_zeros(x.shape[0], self.weight_hh.shape[0])
@@ -54,13 +66,14 @@ class ElmanRegressor(nn.Module):
 @dataclass
 class Workload:
     name: str
-    model: nn.Module
+    model: nn.Module  # what the package is given
+    baseline_model: nn.Module  # the same function for vmap and the peers (a copy of the RNN, written out)
     x: torch.Tensor  # one minibatch: [B, in] or [B, T, in]
     y: torch.Tensor  # its targets: [B, out]
 
     @property
     def is_rnn(self) -> bool:
-        return isinstance(self.model, ElmanRegressor)
+        return isinstance(self.baseline_model, ElmanRegressor)
 
     @property
     def width(self) -> int:
@@ -73,72 +86,46 @@ class Workload:
 
     def matmul_flops(self, rows: int) -> float:
         """FLOPs of the forward's matrix products over ``rows`` sequences (2 * rows * in * out per product)."""
+        weights = [p for name, p in self.model.named_parameters() if "weight" in name]
         if self.is_rnn:
-            m = self.model
-            per_step = m.weight_ih.numel() + m.weight_hh.numel()
-            return 2.0 * rows * (self.x.shape[1] * per_step + m.readout.weight.numel())
-        return 2.0 * rows * sum(layer.weight.numel() for layer in self.model if isinstance(layer, nn.Linear))
+            recurrent = sum(p.numel() for p in weights if p is not weights[-1])
+            return 2.0 * rows * (self.x.shape[1] * recurrent + weights[-1].numel())
+        return 2.0 * rows * sum(p.numel() for p in weights)
 
 
-MODELS = ("mlp256", "mlp1024", "rnn512")
+MODELS = ("mlp256", "mlp1024", "custom_mlp256", "rnn512")
 
 
 def make_workload(name: str, batch: int, device, seed: int = 0) -> Workload:
+    """Model ``name`` (``mlp<width>``, ``custom_mlp<width>``, ``rnn<hidden>``) and one minibatch of ``batch``."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    if name.startswith("mlp"):
-        width = int(name[3:])
-        layers = []
-        for _ in range(3):
-            layers += [nn.Linear(width, width), nn.Tanh()]
-        model = nn.Sequential(*layers)
+    if name.startswith(("mlp", "custom_mlp")):
+        width = int(name.rsplit("mlp", 1)[1])
+        if name.startswith("custom"):
+            model = CustomMLP(width)
+        else:
+            model = nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(width, width), nn.Tanh())])
         x = torch.randn(batch, width, generator=gen)
         y = torch.randn(batch, width, generator=gen).tanh()
+        baseline = model
     elif name.startswith("rnn"):
-        model = ElmanRegressor(RNN_FEATURES, int(name[3:]))
+        hidden = int(name[3:])
+        model = nn.Sequential(nn.RNN(RNN_FEATURES, hidden, batch_first=True), df.LastHidden(),
+                              nn.Linear(hidden, RNN_FEATURES))
         x = torch.randn(batch, RNN_STEPS, RNN_FEATURES, generator=gen)
         y = torch.randn(batch, RNN_FEATURES, generator=gen)
+        baseline = ElmanRegressor(model)
     else:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
-    model = model.to(device).requires_grad_(False)
-    return Workload(name, model, x.to(device), y.to(device))
+        raise ValueError(f"model must be one of {MODELS} (any width), got {name!r}")
+    # Trainable, as every nn.Module's parameters are: the package must cope with requires_grad=True.
+    return Workload(name, model.to(device), baseline.to(device), x.to(device), y.to(device))
 
 
-def mse_per_member(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each member: ``out`` [M, B, out] against ``y`` [B, out] -> [M]."""
-    return (out - y).pow(2).mean(dim=(-2, -1))
-
-
-def make_plan(w: Workload, num_members: int, sigma: float, rank: int, antithetic: bool = True,
-              seed: int = 1, step: int = 0) -> PerturbationPlan:
-    """The noise of one evaluation, laid out as the optimizers lay it out (stream = index in parameters())."""
-    params = tuple(ParamNoise(p, i, sigma, rank) for i, p in enumerate(w.model.parameters()))
-    return PerturbationPlan(seed, step, num_members, antithetic, params)
-
-
-def fused_losses(w: Workload, plan: PerturbationPlan) -> torch.Tensor:
-    """Losses [M] of the plan's members from the package's batched ops."""
-    noise = {id(pn.param): pn for pn in plan.params}
-    m = plan.num_members
-
-    def linear(h, layer, activation):
-        pw, pb = noise[id(layer.weight)], noise[id(layer.bias)]
-        return ops.perturbed_linear(h, layer.weight, layer.bias, plan.seed, plan.step, pw.stream, pb.stream,
-                                    pw.sigma, m, pw.rank, True, plan.antithetic, activation)
-
-    if w.is_rnn:
-        r = w.model
-        pns = [noise[id(p)] for p in (r.weight_ih, r.weight_hh, r.bias_ih, r.bias_hh)]
-        h = ops.perturbed_rnn(w.x, None, r.weight_ih, r.weight_hh, r.bias_ih, r.bias_hh, plan.seed, plan.step,
-                              [pn.stream for pn in pns], pns[0].sigma, m, pns[0].rank, True, plan.antithetic,
-                              "tanh", False)
-        out = linear(h, r.readout, "none")
-    else:
-        out = w.x
-        for layer in w.model:
-            if isinstance(layer, nn.Linear):
-                out = linear(out, layer, "tanh")
-    return mse_per_member(out, w.y)
+def dopamine(w: Workload, k: int, rank: int, sigma: float) -> df.Dopamine:
+    """The optimizer whose ``plan()`` and ``step`` the benchmarks time (antithetic pairs, as recommended)."""
+    return df.Dopamine(w.model.parameters(), lr=1e-3, sigma=sigma, num_perturbations=k, antithetic=True,
+                       rank=rank)
 
 
 def loop_losses(w: Workload, num_members: int, sigma: float) -> torch.Tensor:
@@ -159,14 +146,15 @@ def loop_losses(w: Workload, num_members: int, sigma: float) -> torch.Tensor:
 
 def vmap_losses(w: Workload, num_members: int, sigma: float) -> torch.Tensor:
     """Baseline (b): ``vmap`` of ``functional_call`` over M materialised perturbed parameter sets."""
+    model = w.baseline_model
     stacked: Dict[str, torch.Tensor] = {}
-    for name, p in w.model.named_parameters():
+    for name, p in model.named_parameters():
         eps = torch.randn(num_members, *p.shape, device=p.device, dtype=p.dtype)
         eps[0].zero_()  # member 0 is the unperturbed model
         stacked[name] = p.detach() + sigma * eps
 
     def member_loss(params):
-        return F.mse_loss(functional_call(w.model, params, (w.x,)), w.y)
+        return F.mse_loss(functional_call(model, params, (w.x,)), w.y)
 
     with torch.no_grad():
         return vmap(member_loss)(stacked)
@@ -190,3 +178,4 @@ def normals_per_evaluation(w: Workload, num_members: int, rank: int, antithetic:
     ids = ops.num_noise_ids(num_members, True, antithetic)
     per_id = sum(ops.low_rank_numel(p.shape, rank if p.dim() >= 2 else 0) for p in w.model.parameters())
     return ids * per_id
+

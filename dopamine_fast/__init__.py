@@ -7,12 +7,14 @@ PyTorch reference runs everywhere else. ``backend_info()`` says which backend ea
 
 from . import ops
 from .backends import backend_info, use_backend
-from .optim import PRESETS, Dopamine, PerturbationPlan, WeightPerturbation
+from .optim import (PRESETS, DivergenceError, Dopamine, Dopamine2, PerturbationGradient, PerturbationPlan,
+                    WeightPerturbation)
 from .population import LastHidden, Population
 from .spectral import keep_spectral_radius, rescale_spectral_radius_, spectral_radius
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "backend_info", "use_backend", "Dopamine", "WeightPerturbation", "PerturbationPlan", "PRESETS",
+__all__ = ["ops", "backend_info", "use_backend", "Dopamine", "Dopamine2", "WeightPerturbation", "PerturbationGradient",
+           "DivergenceError", "PerturbationPlan", "PRESETS",
            "Population", "LastHidden", "keep_spectral_radius", "rescale_spectral_radius_", "spectral_radius",
            "__version__"]

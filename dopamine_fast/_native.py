@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional
+import re
+from typing import Iterable, Optional, Tuple
 
 import torch
 
@@ -44,9 +46,54 @@ def status(op: str, dispatch_key: str) -> Optional[str]:
         return _load_error
     if not _has_kernel(op, dispatch_key):
         return f"dopamine_fast._C has no {dispatch_key} kernel for {op}"
-    if dispatch_key == "CUDA" and not torch.cuda.is_available():
-        return "no CUDA device"
+    if dispatch_key == "CUDA":
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        return _device_image_problem(torch.cuda.current_device())
     return None
+
+
+def built_cuda_arch_list() -> Optional[str]:
+    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (setup.py records it), or None if unknown."""
+    try:
+        from ._build_config import CUDA_ARCH_LIST
+    except ImportError:
+        return None
+    return CUDA_ARCH_LIST
+
+
+def parse_arch_list(arch_list: str) -> Iterable[Tuple[int, int, str, bool]]:
+    """``(major, minor, suffix, ptx)`` of each entry of a TORCH_CUDA_ARCH_LIST ("8.0;8.6 9.0a;9.0+PTX")."""
+    for entry in re.split(r"[;\s,]+", arch_list.strip()):
+        found = re.fullmatch(r"(\d+)\.(\d+)([a-z]?)(\+PTX)?", entry, re.IGNORECASE)
+        if found:
+            yield int(found[1]), int(found[2]), found[3].lower(), bool(found[4])
+
+
+def image_problem(capability: Tuple[int, int], arch_list: Optional[str]) -> Optional[str]:
+    """None when kernels built for ``arch_list`` run on a device of compute ``capability``, else why not.
+
+    A cubin for X.Y runs on X.y with y >= Y (an arch-specific "9.0a" only on 9.0 itself); PTX for X.Y is compiled
+    by the driver for any X.Y or newer. An unknown or unreadable list (named architectures) is not held against
+    the device.
+    """
+    entries = list(parse_arch_list(arch_list or ""))
+    if not entries:
+        return None
+    major, minor = capability
+    for a_major, a_minor, suffix, ptx in entries:
+        if a_major == major and (a_minor == minor or (not suffix and a_minor < minor)):
+            return None
+        if ptx and not suffix and (a_major, a_minor) <= (major, minor):
+            return None
+    return (f"dopamine_fast._C has no kernel image for this GPU (compute capability {major}.{minor}); it was "
+            f"built for TORCH_CUDA_ARCH_LIST={arch_list!r}: rebuild on this machine, or with "
+            f"TORCH_CUDA_ARCH_LIST={major}.{minor}")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_image_problem(index: int) -> Optional[str]:
+    return image_problem(torch.cuda.get_device_capability(index), built_cuda_arch_list())
 
 
 def fake_library():

@@ -4,31 +4,49 @@
     dopamine-fast compare --task xor --optimizers wp,dopamine,adam --seeds 5
     dopamine-fast list
 
-Every argument is checked (names, sizes, device, budget) before any training starts.
+Every argument is checked (names, sizes, device, backend, output folder, the optimizer's own settings) before
+any training starts. Curves are written row by row as they are logged; Ctrl-C stops at the next step, keeps what
+was written and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import inspect
+import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
+import dopamine_fast
+
+from . import backends
 from .backends import ORDER, use_backend
 from .experiments import DESCRIPTIONS, OPTIMIZERS, available_optimizers, compare, hparams_for, train, write_compare
-from .experiments.optimizers import build_stepper
-from .experiments.report import format_table, plot_run, write_csv
+from .experiments.live import CsvRows, StopOnInterrupt
+from .experiments.optimizers import PERTURBATION, build_stepper
+from .experiments.report import format_table, plot_run
+from .ops import SCHEMAS
 from .tasks import TASKS, get_task, task_options
+from .tasks.chaotic import GENERATORS
 
 # Budgets when none is given: enough to see learning on the CPU in about a minute at the default sizes.
 DEFAULT_STEPS = {"xor": 1000, "chaotic": 100}
 DEFAULT_EVALUATIONS = {"xor": 9000, "chaotic": 900}
 
-# Command-line flags that become task options (get_task rejects the ones a task does not take).
+# Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
+INTERRUPTED = 130
+
+# The optimizer classes behind the names, for `list` (their constructors' keywords are the accepted options).
+OPTIMIZER_CLASSES = {"wp": "WeightPerturbation", "dopamine": "Dopamine", "dopamine2": "Dopamine2"}
+
+# Shortcut flags for common task options (--task-option takes every option; get_task rejects what a task lacks).
 TASK_FLAGS = {"length": int, "lookback": int, "horizon": int, "train_size": int, "test_size": int,
               "noise": float, "activation": str, "threshold": float}
 
@@ -53,10 +71,25 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
     return value
+
+
+def _key_value(text: str) -> Tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _literal(text: str):
+    """A Python literal (number, tuple, True, None) when the text is one, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _optimizer_list(text: str) -> List[str]:
@@ -73,10 +106,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=_positive_int, help="hidden units (default: the task's)")
     p.add_argument("--batch-size", type=_non_negative_int, default=0,
                    help="training samples per step; 0 (default) = the whole training set")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (the base rate for Dopamine)")
     p.add_argument("--sigma", type=_positive_float, help="perturbation scale (perturbation optimizers)")
     p.add_argument("--num-perturbations", type=_positive_int, help="perturbations per step, K")
-    p.add_argument("--antithetic", action="store_true", default=None, help="perturb in +/- pairs")
+    p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                   help="perturb in +/- pairs (default: the optimizer's setting)")
     p.add_argument("--rank", type=_non_negative_int, help="low-rank noise of this rank (0 = full rank)")
+    p.add_argument("--optimizer-option", type=_key_value, action="append", default=[], metavar="[NAME.]KEY=VALUE",
+                   help="any keyword of the optimizer's constructor (repeatable; NAME. limits it to one optimizer "
+                        "of a comparison); `dopamine-fast list` shows them")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--backend", default="auto", choices=("auto",) + ORDER,
                    help="force one kernel backend for every op (default: the fastest available)")
@@ -84,8 +122,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (1 is much faster on a busy machine, where idle threads spin)")
     p.add_argument("--log-points", type=_positive_int, default=50, help="test evaluations along the curve")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<task>-...)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    group = p.add_argument_group("task options (only those the task takes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stdout is not a "
+                   "terminal)")
+    group = p.add_argument_group("task options (only those the task takes; `dopamine-fast list` shows them)")
+    group.add_argument("--task-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="any option of the task, e.g. rho=20 for lorenz (repeatable)")
     for flag, kind in TASK_FLAGS.items():
         group.add_argument("--" + flag.replace("_", "-"), type=_positive_float if kind is float else
                            (_positive_int if kind is int else str), dest="task_" + flag)
@@ -100,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", required=True, choices=list(OPTIMIZERS))
     tr.add_argument("--steps", type=_positive_int, help="optimizer steps (default depends on the task)")
     tr.add_argument("--seed", type=_non_negative_int, default=0)
-    tr.add_argument("--lr", type=_positive_float, help="learning rate (initial one for Dopamine)")
+    tr.add_argument("--distributed", nargs="?", const="members", choices=("members", "data"),
+                    help="be one rank of a torchrun job: share the members (default) or the batch over the ranks, "
+                         "checkpoint to --out and resume from it (docs/scaling.md)")
+    tr.add_argument("--checkpoint-every", type=_positive_int, default=100,
+                    help="with --distributed: steps between checkpoints (default 100)")
 
     cmp = sub.add_parser("compare", help="several optimizers over several seeds at an equal evaluation budget")
     _add_common(cmp)
@@ -109,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (0, 1, ...)")
     cmp.add_argument("--evaluations", type=_positive_int, help="loss evaluations per run (default by task)")
 
-    sub.add_parser("list", help="list tasks, their options, and optimizers")
+    sub.add_parser("list", help="list tasks and optimizers with the options each accepts")
     return parser
 
 
@@ -127,29 +172,97 @@ def _device(parser, text: str) -> torch.device:
     return device
 
 
+def _task_option_default(task: str, key: str):
+    for fn in (TASKS[task], GENERATORS.get(task)):
+        spec = inspect.signature(fn).parameters.get(key) if fn is not None else None
+        if spec is not None and spec.default is not inspect.Parameter.empty:
+            return spec.default
+    return None
+
+
+def _task_option_value(parser, task: str, key: str, text: str):
+    """``text`` as the type of the option's default (a literal where the default tells nothing)."""
+    default = _task_option_default(task, key)
+    kind = type(default) if isinstance(default, (int, float, str)) and not isinstance(default, bool) else None
+    try:
+        value = kind(text) if kind is not None else _literal(text)
+    except ValueError:
+        parser.error(f"--task-option {key}: expected {kind.__name__} like the default {default!r}, got {text!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        parser.error(f"--task-option {key}: expected a finite number, got {text!r}")
+    return value
+
+
 def _task(parser, args, device):
     options = {flag: getattr(args, "task_" + flag) for flag in TASK_FLAGS}
+    for key, text in args.task_option:
+        if options.get(key) is not None:
+            parser.error(f"--task-option {key} is given twice (or also as --{key.replace('_', '-')})")
+        options[key] = _task_option_value(parser, args.task, key, text)
     try:
         return get_task(args.task, **options).to(device)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         parser.error(str(err))
 
 
+def _check_backend(parser, backend: Optional[str], device: torch.device) -> None:
+    """A forced backend must run every op on the device, or the run would fail at its first step."""
+    if backend is None:
+        return
+    with use_backend(backend):
+        for op in SCHEMAS:
+            try:
+                backends.select(op, device)
+            except RuntimeError as err:
+                parser.error(f"--backend {backend}: cannot run on {device}: {err}")
+
+
+def _output_folder(parser, out: Path) -> Path:
+    """The output folder, created and checked writable before any training (a run must not be lost at the end)."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out: cannot create the folder {out}: {err.strerror or err}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        parser.error(f"--out: cannot write into {out}")
+    return out
+
+
 def _overrides(args, name: str) -> dict:
-    keys = ("sigma", "num_perturbations", "antithetic", "rank") if name in ("wp", "dopamine", "dopamine2") else ()
+    keys = ("sigma", "num_perturbations", "antithetic", "rank") if name in PERTURBATION else ()
     values = {k: getattr(args, k) for k in keys}
-    if getattr(args, "lr", None) is not None:
+    if args.lr is not None:
         values["lr"] = args.lr
+    for key, text in args.optimizer_option:
+        target, dot, key = key.rpartition(".")
+        if not dot or target == name:
+            values[key] = _literal(text)
     return values
+
+
+def _check_optimizer_names(parser, args, names) -> None:
+    for key, _ in args.optimizer_option:
+        target, dot, _ = key.rpartition(".")
+        if dot and target not in names:
+            parser.error(f"--optimizer-option {key}: {target} is not an optimizer of this run ({', '.join(names)})")
+
+
+def _steppers(parser, task, names, hparams, hidden) -> dict:
+    """Build each optimizer once, so that its own checks refuse bad settings as usage errors, before any run."""
+    steppers = {}
+    for name in names:
+        try:
+            steppers[name] = build_stepper(name, task.build_model(hidden), task, hparams[name], seed=0)
+        except (TypeError, ValueError) as err:
+            parser.error(f"{name}: {err}")
+    return steppers
 
 
 def _check_budget(parser, task, names, hparams, evaluations, hidden) -> None:
     """Refuse a budget smaller than one step of some optimizer, before any run starts."""
-    for name in names:
-        try:
-            stepper = build_stepper(name, task.build_model(hidden), task, hparams[name], seed=0)
-        except (TypeError, ValueError) as err:
-            parser.error(f"{name}: {err}")
+    for name, stepper in _steppers(parser, task, names, hparams, hidden).items():
         if evaluations < stepper.evaluations_per_step:
             parser.error(f"--evaluations {evaluations} is less than one {name} step "
                          f"({stepper.evaluations_per_step} loss evaluations)")
@@ -159,28 +272,48 @@ def _missing(names) -> List[str]:
     return [n for n in names if n not in available_optimizers()]
 
 
+def _optimizer_options(name: str) -> List[str]:
+    """The constructor keywords of a perturbation optimizer (what --optimizer-option accepts); [] for the others."""
+    cls = getattr(dopamine_fast, OPTIMIZER_CLASSES.get(name, ""), None)
+    if cls is None:
+        return []
+    skip = {"self", "params", "seed", "process_group"}  # the seed comes from --seed, the group from --distributed
+    return [p for p in inspect.signature(cls).parameters if p not in skip]
+
+
 def _cmd_list() -> int:
-    print("tasks:")
+    print("tasks (options: --task-option KEY=VALUE, shown with their defaults):")
     for name in TASKS:
-        print(f"  {name:13s} options: {', '.join(task_options(name))}")
-    print("optimizers:")
+        options = ", ".join(f"{k}={_task_option_default(name, k)!r}" for k in task_options(name))
+        print(f"  {name:13s} {options}")
+    print("optimizers (options: --optimizer-option KEY=VALUE):")
     for name in OPTIMIZERS:
         note = "" if name in available_optimizers() else "  [not installed]"
         print(f"  {name:10s} {DESCRIPTIONS[name]}{note}")
+        if _optimizer_options(name):
+            print(f"  {'':10s} options: {', '.join(_optimizer_options(name))}")
     return 0
 
 
 def _cmd_train(parser, args, task, device) -> int:
     hp = hparams_for(task.family, args.optimizer, **_overrides(args, args.optimizer))
     steps = args.steps or DEFAULT_STEPS[task.family]
-    out = args.out or Path("runs") / f"{task.name}-{args.optimizer}-seed{args.seed}"
+    _check_optimizer_names(parser, args, [args.optimizer])
+    _steppers(parser, task, [args.optimizer], {args.optimizer: hp}, args.hidden)
+    out = _output_folder(parser, args.out or Path("runs") / f"{task.name}-{args.optimizer}-seed{args.seed}")
+    if args.distributed:
+        return _cmd_train_distributed(parser, args, task, hp, steps, out)
     print(f"{task.describe()}\noptimizer {args.optimizer} {hp}, {steps} steps, device {device}, "
           f"backend {args.backend}")
-    result = train(task, args.optimizer, hp, steps=steps, seed=args.seed, hidden=args.hidden,
-                   batch_size=args.batch_size, log_points=args.log_points, progress=not args.no_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(result.curve, out / "curve.csv")
+    with CsvRows(out / "curve.csv") as rows, StopOnInterrupt() as stop:
+        result = train(task, args.optimizer, hp, steps=steps, seed=args.seed, hidden=args.hidden,
+                       batch_size=args.batch_size, log_points=args.log_points, progress=_progress(args),
+                       on_log=rows, stop=stop)
     plot_run(result, task.error_name, out / "curve.png")
+    if stop.requested:
+        print(f"interrupted after step {result.steps} of {steps}; wrote {out / 'curve.csv'} and "
+              f"{out / 'curve.png'}", file=sys.stderr)
+        return INTERRUPTED
     rows = [{"metric": k, "value": v} for k, v in result.final.items()]
     rows += [{"metric": "steps", "value": result.steps}, {"metric": "loss evaluations", "value": result.evaluations},
              {"metric": "evaluations to threshold", "value": result.evals_to_threshold or "not reached"},
@@ -193,28 +326,66 @@ def _cmd_train(parser, args, task, device) -> int:
     return 0
 
 
+def _cmd_train_distributed(parser, args, task, hp, steps, out) -> int:
+    from .distributed.launch import train_distributed
+    from .experiments.optimizers import PERTURBATION
+    if args.optimizer not in PERTURBATION:
+        parser.error(f"--distributed runs the perturbation optimizers ({', '.join(PERTURBATION)}); "
+                     f"use torch's DistributedDataParallel for {args.optimizer}")
+    try:
+        summary = train_distributed(task, args.optimizer, hp, steps=steps, seed=args.seed, hidden=args.hidden,
+                                    batch_size=args.batch_size, mode=args.distributed,
+                                    checkpoint_every=args.checkpoint_every, out=out)
+    except ValueError as err:
+        parser.error(str(err))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(format_table([{"metric": k, "value": v} for k, v in summary.items()], ["metric", "value"]))
+        print(f"wrote {out / 'weights.pt'} and {out / 'checkpoint.pt'}")
+    return 0
+
+
 def _cmd_compare(parser, args, task, device) -> int:
     names = args.optimizers or available_optimizers()
     if _missing(names):
         parser.error(f"--optimizers: {', '.join(_missing(names))} needs the evotorch package (pip install evotorch)")
     evaluations = args.evaluations or DEFAULT_EVALUATIONS[task.family]
+    _check_optimizer_names(parser, args, names)
     hparams = {n: hparams_for(task.family, n, **_overrides(args, n)) for n in names}
     _check_budget(parser, task, names, hparams, evaluations, args.hidden)
-    out = args.out or Path("runs") / f"compare-{task.name}"
+    out = _output_folder(parser, args.out or Path("runs") / f"compare-{task.name}")
     print(f"{task.describe()}\n{len(names)} optimizers x {args.seeds} seeds, {evaluations} loss evaluations each, "
           f"device {device}, backend {args.backend}")
     start = time.perf_counter()
-    results = compare(task, names, range(args.seeds), evaluations, hidden=args.hidden, batch_size=args.batch_size,
-                      log_points=args.log_points, overrides={n: _overrides(args, n) for n in names},
-                      progress=not args.no_progress)
+    with CsvRows(out / "compare_curves.csv") as rows, StopOnInterrupt() as stop:
+        results = compare(task, names, range(args.seeds), evaluations, hidden=args.hidden,
+                          batch_size=args.batch_size, log_points=args.log_points,
+                          overrides={n: _overrides(args, n) for n in names}, progress=_progress(args),
+                          on_log=rows, stop=stop)
     paths = write_compare(results, task, out)
+    if stop.requested:
+        print(f"interrupted during run {len(results)} of {len(names) * args.seeds}; wrote what exists to {out}",
+              file=sys.stderr)
+        return INTERRUPTED
     print(paths["table"].read_text(), end="")
     print(f"threshold: {task.error_name} <= {task.threshold:.4g}; took {time.perf_counter() - start:.1f} s")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
+def _progress(args) -> bool:
+    """Progress bars only for a person watching: not with --no-progress, nor when stdout is a file or a pipe."""
+    return not args.no_progress and sys.stdout.isatty()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training: the rows written so far stay on disk
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -224,8 +395,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = _device(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = _task(parser, args, device)
     backend = None if args.backend == "auto" else args.backend
+    _check_backend(parser, backend, device)
+    task = _task(parser, args, device)
     with use_backend(backend) if backend else contextlib.nullcontext():
         if args.command == "train":
             return _cmd_train(parser, args, task, device)

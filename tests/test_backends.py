@@ -3,11 +3,12 @@
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
-from dopamine_fast import backend_info, backends, ops, use_backend
+from dopamine_fast import _native, backend_info, backends, ops, use_backend
 
 
 def test_reference_is_always_available():
@@ -59,3 +60,117 @@ def test_import_without_native_module_or_triton():
 def test_unknown_op():
     with pytest.raises(KeyError, match="unknown op"):
         backends.select("conv", torch.device("cpu"))
+
+
+def test_use_backend_is_local_to_its_thread(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    auto = backends.select("noise_", "cpu")
+    seen = {}
+    entered, release = threading.Event(), threading.Event()
+
+    def forced_elsewhere():
+        with use_backend("reference"):
+            seen["inside"] = backends.select("noise_", "cpu")
+            entered.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=forced_elsewhere)
+    worker.start()
+    try:
+        assert entered.wait(10)
+        seen["here"] = backends.select("noise_", "cpu")
+    finally:
+        release.set()
+        worker.join()
+    assert seen["inside"] == "reference"
+    assert seen["here"] == auto
+
+
+def test_blocks_left_out_of_order_leave_nothing_forced(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    outer, inner = use_backend("reference"), use_backend("cpp")
+    outer.__enter__()
+    inner.__enter__()
+    assert backends.forced_backend() == "cpp"
+    outer.__exit__(None, None, None)  # the outer block ends first
+    assert backends.forced_backend() == "cpp"
+    inner.__exit__(None, None, None)
+    assert backends.forced_backend() is None
+
+
+def test_cached_choice_follows_the_environment_and_use_backend(monkeypatch):
+    monkeypatch.delenv(backends.BACKEND_ENV, raising=False)
+    device = torch.device("cpu")
+    auto = backends.dispatch("noise_", device)
+    assert backends.dispatch("noise_", device) is auto  # cached
+    monkeypatch.setenv(backends.BACKEND_ENV, "reference")
+    assert backends.dispatch("noise_", device) is ops.REFERENCES["noise_"]
+    monkeypatch.setenv(backends.BACKEND_ENV, "auto")
+    assert backends.dispatch("noise_", device) is auto
+    with use_backend("reference"):
+        assert backends.dispatch("noise_", device) is ops.REFERENCES["noise_"]
+    assert backends.dispatch("noise_", device) is auto
+
+
+def test_a_gpu_without_a_kernel_image_falls_back_with_the_reason(monkeypatch):
+    """A module built for 8.0-9.0 on a compute-capability 7.5 card: cuda reports why and another backend serves."""
+    if _native.load_error() is not None:
+        pytest.skip(f"no compiled module: {_native.load_error()}")
+    monkeypatch.setattr(_native, "_has_kernel", lambda op, key: True)  # as if built with CUDA kernels
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(_native, "built_cuda_arch_list", lambda: "8.0;8.6;8.9;9.0+PTX")
+    _native._device_image_problem.cache_clear()
+    backends.clear_cache()
+    try:
+        why = _native.status("noise_", "CUDA")
+        assert "compute capability 7.5" in why and "8.0;8.6;8.9;9.0+PTX" in why
+        assert backends.select("noise_", "cuda") != "cuda"
+        assert "compute capability 7.5" in backend_info(explain=True)["noise_"]["cuda"]
+        with use_backend("cuda"), pytest.raises(RuntimeError, match="no kernel image .*compute capability 7.5"):
+            backends.select("noise_", "cuda")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+        _native._device_image_problem.cache_clear()
+        assert _native.status("noise_", "CUDA") is None
+    finally:
+        monkeypatch.undo()
+        _native._device_image_problem.cache_clear()
+        backends.clear_cache()
+
+
+@pytest.mark.parametrize("capability, arch_list, runs", [
+    ((8, 6), "8.0", True),  # a cubin runs on later minors of its major
+    ((8, 0), "8.6", False),
+    ((12, 0), "8.0;9.0+PTX", True),  # PTX is compiled by the driver for newer GPUs
+    ((12, 0), "8.0;9.0", False),
+    ((9, 0), "9.0a", True),
+    ((9, 1), "9.0a", False),  # arch-specific cubins run on their own arch only
+    ((7, 5), "Ampere", True),  # a named list cannot be read: not held against the GPU
+])
+def test_kernel_image_rule(capability, arch_list, runs):
+    assert (_native.image_problem(capability, arch_list) is None) == runs
+
+
+def test_python_api_runs_the_chosen_kernel_and_traces_to_the_public_op():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+
+    def layer(x, w, b):
+        return ops.perturbed_linear(x, w, b, 1, 0, 0, 1, 0.1, 4, rank=1, activation="tanh")
+
+    eager = layer(x, w, b)
+    torch.testing.assert_close(eager, torch.ops.dopamine_fast.perturbed_linear(x, w, b, 1, 0, 0, 1, 0.1, 4, 1, True,
+                                                                               False, "tanh"))
+    graph = make_fx(layer)(x, w, b).graph
+    targets = {str(node.target) for node in graph.nodes if node.op == "call_function"}
+    assert "dopamine_fast.perturbed_linear.default" in targets
+
+
+def test_use_backend_none_keeps_the_environment_and_auto_overrides_it(monkeypatch):
+    monkeypatch.setenv(backends.BACKEND_ENV, "reference")
+    with use_backend(None):
+        assert backends.forced_backend() == "reference"
+    with use_backend("auto"):
+        assert backends.forced_backend() is None

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dopamine_fast.backends import available_backends
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {"bench", "device", "in_features", "out_features", "batch", "K", "members", "backend", "rank", "normals",
             "time_s", "min_s", "max_s", "repeats", "peak_mb", "status", "ratio_to_floor", "gflops",
@@ -35,3 +37,21 @@ def test_perturbed_linear_bench_quick_writes_csv(tmp_path):
                              env=env, capture_output=True, text=True, timeout=60)
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert "perturbed_linear" in (tmp_path / "README.md").read_text()
+
+
+def test_population_and_step_benches_time_the_public_api(tmp_path):
+    """The package's rows come from df.Population / opt.step(population=...) and say which path they took."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DOPAMINE_FAST_BACKEND", None)
+    backend = "cpp" if "cpp" in available_backends("perturbed_linear", "cpu") else "reference"
+    for script in ("bench_population.py", "bench_step.py"):
+        cmd = [sys.executable, str(ROOT / "bench" / script), "--quick", "--device", "cpu", "--backends", backend,
+               "--out", str(tmp_path), "--budget-s", "60", "--threads", "1", "--no-peers"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name, method in (("population", "population"), ("step", "dopamine_step")):
+        with open(tmp_path / f"{name}.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r["method"] == method and r["status"] == "ok"]
+        assert rows, f"no {method} rows in {name}.csv"
+        assert {r["path"] for r in rows} == {"fused"}
+    assert not (ROOT / "bench" / "workloads.py").read_text().count("perturbed_linear(")  # no copy of the fused path

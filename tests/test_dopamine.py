@@ -1,73 +1,287 @@
-"""Dopamine: the learning-rate rules step by step, the Dopamine-2 preset, and XOR."""
+"""Dopamine: the written rule step by step, scale invariance, no positive feedback, schedulers, the ablation,
+the Dopamine-2 preset, the divergence guard, the estimate as a gradient, and XOR with the defaults."""
+
+import copy
+import math
+import warnings
 
 import pytest
 import torch
 
 import dopamine_fast as df
-from dopamine_fast.optim.functional import reward_prediction_errors
+from dopamine_fast.ops import noise_reference
 
 XOR_X = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 XOR_Y = torch.tensor([[-1.0], [1.0], [1.0], [-1.0]])
 
 
-def test_learning_rate_follows_the_dopamine_level():
-    w = torch.nn.Parameter(torch.zeros(3))
-    opt = df.Dopamine([w], lr=0.3, num_perturbations=2, antithetic=False, beta_s=0.5, beta_lr=0.8, kappa=2.0,
-                      lr_min=0.0, lr_max=10.0)
-    level, lr = None, 0.3
-    for losses in ([1.0, 1.5, 0.7], [1.0, 1.2, 0.6], [0.9, 0.9, 0.9]):
-        delta = reward_prediction_errors(torch.tensor(losses, dtype=torch.float64), False)
-        mag = float(delta.abs().mean())
-        level = mag if level is None else 0.5 * level + 0.5 * mag
-        lr = 0.8 * lr + 0.2 * 2.0 * level
-        opt.step_from_losses(torch.tensor(losses))
-        assert opt.param_groups[0]["rpe_level"] == pytest.approx(level)
-        assert opt.current_lr == pytest.approx(lr)
+def xor_model(seed, hidden=2, dtype=torch.float32):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(2, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers).to(dtype)
 
 
-def test_learning_rate_is_clamped():
-    w = torch.nn.Parameter(torch.zeros(3))
-    opt = df.Dopamine([w], lr=0.3, num_perturbations=2, antithetic=False, kappa=1000.0, lr_max=0.4)
-    opt.step_from_losses(torch.tensor([1.0, 2.0, 3.0]))
-    assert opt.current_lr == 0.4
-    opt = df.Dopamine([w], lr=0.3, num_perturbations=2, antithetic=False, kappa=0.0, beta_lr=0.0, lr_min=0.05)
-    opt.step_from_losses(torch.tensor([1.0, 2.0, 3.0]))
-    assert opt.current_lr == 0.05
+@pytest.mark.parametrize("relative", [True, False])
+def test_first_step_is_the_written_rule(relative):
+    w0 = torch.tensor([0.3, -0.2, 0.5, 0.1, -0.4], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, -1.0, 0.5, 0.2], dtype=torch.float64)
+    f = lambda v: float(((v - target) ** 2).sum())  # noqa: E731
+    w = torch.nn.Parameter(w0.clone())
+    opt = df.Dopamine([w], lr=0.1, sigma=0.01, num_perturbations=3, antithetic=False, seed=4, relative=relative)
+    opt.step(lambda: ((w - target) ** 2).sum())
+    eps = noise_reference(4, 0, 0, 0, 3, 5).double()
+    delta = torch.tensor([f(w0 + 0.01 * eps[j]) - f(w0) for j in range(3)], dtype=torch.float64)
+    z = delta / delta.pow(2).mean().sqrt()  # bias-corrected: s_0 is the RMS of the first RPEs
+    u = math.sqrt(3) * (z[:, None] * eps).mean(0)
+    scale = float(w0.pow(2).mean().sqrt()) if relative else 1.0  # a relative step is sized by the tensor's RMS
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * scale * u)  # a_0 = 1: the first step uses lr as given
+    assert opt.current_lr == pytest.approx(0.1)
+
+
+def test_relative_step_moves_zero_initialised_tensors():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False)
+    opt.step_from_losses(torch.tensor([1.0, 1.5, 0.5]))
+    assert 0 < float(w.detach().abs().max()) < 1e-2
+
+
+def test_scaling_the_loss_leaves_the_trajectory_unchanged():
+    def run(scale):
+        model = xor_model(3, hidden=4, dtype=torch.float64)
+        opt = df.Dopamine(model.parameters(), seed=3)
+        gains = []
+        for _ in range(60):
+            opt.step(lambda: scale * ((model(XOR_X.double()) - XOR_Y.double()) ** 2).mean())
+            gains.append(opt.gain)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), gains
+
+    (w1, g1), (w2, g2) = run(1.0), run(1000.0)
+    torch.testing.assert_close(w1, w2, rtol=1e-9, atol=1e-9)
+    assert g1 == pytest.approx(g2, rel=1e-9)
+    assert len(set(g1)) > 5  # the gain moved: the invariance is not that of a frozen factor
+
+
+def test_a_rising_loss_only_lowers_the_gain():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False)
+    gains = []
+    for t in range(40):
+        base = 1.0 * 1.5 ** t  # the loss keeps rising, and its RPEs with it
+        opt.step_from_losses(torch.tensor([base, base * 1.1, base * 0.95]))
+        gains.append(opt.gain)
+    assert all(b <= a for a, b in zip(gains, gains[1:]))
+    assert gains[-1] == pytest.approx(0.25)  # clamped at gain_min, never below
+
+
+def gains_for(losses, **kwargs):
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, **kwargs)
+    out = []
+    for base in losses:
+        opt.step_from_losses(torch.tensor([base, base * 1.01, base * 0.99]))
+        out.append(opt.gain)
+    return out
+
+
+def test_gain_rises_on_better_than_expected_and_settles_back():
+    accelerating = [10.0 * 0.9 ** (t * t / 20) for t in range(40)]  # each step better than the last predicted
+    assert max(gains_for(accelerating, gain_max=2.0)) == pytest.approx(2.0)  # bounded
+    settled = gains_for(accelerating + [accelerating[-1]] * 150, gain_max=2.0)
+    assert abs(math.log(settled[-1])) < math.log(1.6)  # no surprise any more: back towards 1
+
+
+def test_gain_does_not_drift_on_noise():
+    g = torch.Generator().manual_seed(0)
+    noisy = (1.0 + 0.1 * torch.randn(300, generator=g, dtype=torch.float64)).tolist()  # minibatch losses, no trend
+    logs = sorted(abs(math.log(v)) for v in gains_for(noisy))
+    assert logs[len(logs) // 2] < 0.4 and logs[-1] < math.log(4.0)
+
+
+def test_adaptive_false_freezes_the_gain():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, adaptive=False)
+    for t in range(20):
+        opt.step_from_losses(torch.tensor([0.9 ** t, 1.0, 0.5]))
+    assert opt.gain == 1.0 and opt.current_lr == opt.param_groups[0]["lr"]
+
+
+def test_schedulers_compose_with_the_gain():
+    model = xor_model(0, hidden=4)
+    opt = df.Dopamine(model.parameters(), lr=0.08)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    for step in range(12):
+        opt.step(lambda: ((model(XOR_X) - XOR_Y) ** 2).mean())
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.08 * 0.25)  # the optimizer never writes group["lr"]
+    assert opt.current_lr == pytest.approx(0.08 * 0.25 * opt.gain)
+
+
+def test_state_dict_round_trip_continues_the_signals():
+    def fresh():
+        model = xor_model(1, hidden=4)
+        return model, df.Dopamine(model.parameters(), seed=1)
+
+    model, opt = fresh()
+    closure = lambda: ((model(XOR_X) - XOR_Y) ** 2).mean()  # noqa: E731
+    for _ in range(7):
+        opt.step(closure)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for _ in range(5):
+        opt.step(closure)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    model2, opt2 = fresh()
+    model2.load_state_dict(saved_model)
+    opt2.load_state_dict(saved_opt)
+    for _ in range(5):
+        opt2.step(lambda: ((model2(XOR_X) - XOR_Y) ** 2).mean())
+    for a, b in zip(expected, model2.parameters()):
+        assert torch.equal(a, b.detach())
+    assert opt2.gain == opt.gain
+
+
+@pytest.mark.parametrize("entry,value,match", [
+    ("log_gain", float("nan"), "log_gain"), ("rpe_sq", -1.0, "rpe_sq"), ("log_gain", 5.0, "log_gain"),
+    ("rpe_count", 1.5, "rpe_count"),
+])
+def test_load_refuses_a_corrupt_signal_state(entry, value, match):
+    model = xor_model(0)
+    opt = df.Dopamine(model.parameters())
+    opt.step(lambda: ((model(XOR_X) - XOR_Y) ** 2).mean())
+    state = copy.deepcopy(opt.state_dict())
+    state["state"]["global"]["dopamine"][entry] = value
+    fresh = df.Dopamine(model.parameters())
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.state["global"]["step"] == 0  # left as it was
+    bad_options = copy.deepcopy(opt.state_dict())
+    bad_options["state"]["global"]["dopamine"]["options"]["beta_rpe"] = 1.5
+    with pytest.raises(ValueError, match="beta_rpe"):
+        fresh.load_state_dict(bad_options)
 
 
 def test_dopamine2_preset_is_the_third_party_rule():
     w = torch.nn.Parameter(torch.zeros(4))
     opt = df.Dopamine.preset("dopamine2", [w])
+    assert isinstance(opt, df.Dopamine2)
     group = opt.param_groups[0]
-    assert (group["sigma"], group["lr"], group["beta_s"], group["beta_lr"], opt.num_members) == (
-        1e-4, 1e-2, 0.9998, 0.9998, 2)
+    assert (group["sigma"], group["lr"], opt.num_members) == (1e-4, 1e-2, 2)
     before = w.detach().clone()
     opt.step_from_losses(torch.tensor([1.0, 1.5]))
     level = 0.9998 * 1e-4 + 0.0002 * 0.5
     lr = 0.0002 * 1e-2 + 0.9998 * level
-    assert group["rpe_level"] == pytest.approx(level)
     assert opt.current_lr == pytest.approx(lr)
     # The unnormalised update: w <- w - eta * delta * sigma * eps.
-    eps = df.ops.noise_reference(0, 0, 0, 0, 1, 4)[0]
+    eps = noise_reference(0, 0, 0, 0, 1, 4)[0]
     torch.testing.assert_close(w.detach(), before - lr * 0.5 * 1e-4 * eps)
     assert df.Dopamine.preset("dopamine2", [w], sigma=1e-5).param_groups[0]["sigma"] == 1e-5
     with pytest.raises(ValueError, match="preset"):
         df.Dopamine.preset("nope", [w])
+    with pytest.raises(ValueError, match="beta_s"):
+        df.Dopamine2([w], beta_s=1.0)
+
+
+def diverging(opt, w, steps=12):
+    """Feed losses that first improve to 1, then jump to 100 and stay there."""
+    for t in range(steps):
+        base = 2.0 - 0.5 * t if t < 3 else 100.0
+        opt.step_from_losses(torch.tensor([base, base + 0.1, base - 0.1]))
 
 
 @pytest.mark.parametrize("cls", [df.Dopamine, df.WeightPerturbation])
-def test_xor_2_2_1_tanh(cls):
-    # Bipolar XOR, a 2-2-1 tanh MLP with PyTorch's default init: some initialisations sit in the basin of a
-    # local minimum whatever the optimizer (Adam at lr 0.05 solves 6 of these 10 seeds in 1000 steps).
-    budget, solved = 500, 0
+def test_divergence_guard_warns_once_naming_lr(cls):
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = cls([w], num_perturbations=2, antithetic=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        diverging(opt, w, steps=20)
+    messages = [str(c.message) for c in caught if "best seen" in str(c.message)]
+    assert len(messages) == 1 and "lower lr" in messages[0]
+
+
+def test_divergence_guard_raises_without_updating():
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, on_divergence="raise")
+    with pytest.raises(df.DivergenceError, match="lr"):
+        for t in range(20):
+            before = w.detach().clone()
+            base = 2.0 - 0.5 * t if t < 3 else 100.0
+            opt.step_from_losses(torch.tensor([base, base + 0.1, base - 0.1]))
+    assert torch.equal(w.detach(), before)
+
+
+def test_divergence_guard_restores_the_best_weights_and_halves_lr():
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = df.Dopamine([w], lr=0.1, num_perturbations=2, antithetic=False, on_divergence="restore")
+    best = None
+    with pytest.warns(RuntimeWarning, match="restored"):
+        for t in range(12):
+            base = 2.0 - 0.5 * t if t < 3 else 100.0
+            if t == 2:
+                best = w.detach().clone()  # the weights that gave the best loss (1.0)
+            opt.step_from_losses(torch.tensor([base, base + 0.1, base - 0.1]))
+            if opt.param_groups[0]["lr"] < 0.1:
+                break
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert torch.equal(w.detach(), best)
+
+
+def test_perturbation_gradient_is_the_wp_estimate_and_leaves_weights():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    target = torch.randn(5, dtype=torch.float64)
+    w0 = w.detach().clone()
+    est = df.PerturbationGradient([w], sigma=0.01, num_perturbations=4, antithetic=False, seed=5)
+    est.step(lambda: ((w - target) ** 2).sum())
+    eps = noise_reference(5, 0, 0, 0, 4, 5).double()
+    f = lambda v: float(((v - target) ** 2).sum())  # noqa: E731
+    grad = sum((f(w0 + 0.01 * eps[j]) - f(w0)) * eps[j] / 0.01 for j in range(4)) / 4
+    assert torch.equal(w.detach(), w0)
+    torch.testing.assert_close(w.grad, grad, rtol=1e-5, atol=1e-6)  # a difference quotient at sigma 0.01
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        est.step(lambda: torch.tensor(float("nan")))
+    assert w.grad is None  # a skipped step leaves no stale estimate for the optimizer after it
+
+
+def test_adam_on_the_estimate_trains_xor():
+    solved = 0
+    for seed in range(5):
+        model = xor_model(seed, hidden=8)
+        est = df.PerturbationGradient(model.parameters(), num_perturbations=16, seed=seed)
+        adam = torch.optim.Adam(model.parameters(), lr=0.05)
+        closure = lambda: ((model(XOR_X) - XOR_Y) ** 2).mean()  # noqa: E731
+        first = float(closure().detach())
+        for _ in range(200):
+            est.step(closure)
+            adam.step()
+        solved += bool((torch.sign(model(XOR_X)) == XOR_Y).all()) and float(closure().detach()) < 0.1 * first
+    assert solved >= 4
+
+
+# Of 10 seeds, at least this many solve 2-2-1 XOR in 300 steps with the defaults. Some initialisations sit in the
+# basin of a local minimum whatever the optimizer; Dopamine's relative step (sized by the weights' RMS) is slower
+# to leave a small initialisation than WP's (bench/results/defaults_cpu has the 20-seed numbers).
+XOR_SOLVED = {df.Dopamine: 4, df.WeightPerturbation: 6}
+
+
+@pytest.mark.parametrize("cls", [df.Dopamine, df.WeightPerturbation])
+def test_xor_2_2_1_tanh_with_defaults(cls):
+    solved = trained = 0
     for seed in range(10):
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1), torch.nn.Tanh())
+        model = xor_model(seed)
         opt = cls(model.parameters(), seed=seed)
         closure = lambda: ((model(XOR_X) - XOR_Y) ** 2).mean()  # noqa: E731
-        for step in range(budget):
+        first = float(closure().detach())
+        for step in range(300):
             opt.step(closure)
-            if step % 10 == 9 and bool((torch.sign(model(XOR_X)) == XOR_Y).all()):
-                solved += 1
-                break
-    assert solved >= 6
+        solved += bool((torch.sign(model(XOR_X)) == XOR_Y).all())
+        trained += float(closure()) < 0.5 * first
+    assert trained >= 9 and solved >= XOR_SOLVED[cls]
+
+
+def test_divergence_guard_ignores_jitter_near_zero():
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, on_divergence="raise")
+    for t in range(30):
+        base = 1.0 if t == 0 else (1e-6 if t == 5 else 1e-4)  # 100x the best, far below where it started
+        opt.step_from_losses(torch.tensor([base, base * 1.1, base * 0.9]))

@@ -16,8 +16,9 @@ CHAOTIC = ["lorenz", "rossler", "mackey_glass"]
 def test_forecast_shapes(name):
     task = get_task(name, **SMALL)
     d = 1 if name == "mackey_glass" else 3
-    split = int(0.8 * 400)
-    assert task.x_train.shape == (split - 8, 8, d) and task.y_train.shape == (split - 8, d)
+    split, val_split = int(0.8 * 400), int(0.8 * 400) - int(0.1 * 400)
+    assert task.x_train.shape == (val_split - 8, 8, d) and task.y_train.shape == (val_split - 8, d)
+    assert task.x_val.shape == (split - val_split, 8, d) and task.y_val.shape == (split - val_split, d)
     assert task.x_test.shape == (400 - split, 8, d) and task.y_test.shape == (400 - split, d)
     model = task.build_model()
     assert isinstance(model, ElmanForecaster) and model.rnn.hidden_size == 6
@@ -27,6 +28,7 @@ def test_forecast_shapes(name):
     metrics = task.evaluate(model)
     assert {"test_error", "test_mse", "nrmse", "free_run_nrmse"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
+    assert np.isfinite(task.validation_error(model))
 
 
 @pytest.mark.parametrize("name", CHAOTIC)
@@ -43,7 +45,10 @@ def test_zscore_uses_training_statistics_only(name):
 def test_split_is_chronological(name):
     task = get_task(name, **SMALL)
     s, split, lb = task.series, task.split, task.lookback
-    torch.testing.assert_close(task.y_train, s[lb:split])  # training targets: everything before the split
+    val = task.val_split
+    torch.testing.assert_close(task.y_train, s[lb:val])  # training targets: everything before validation
+    torch.testing.assert_close(task.y_val, s[val:split])  # validation targets: up to the test split
+    torch.testing.assert_close(task.x_val[0], s[val - lb:val])
     torch.testing.assert_close(task.y_test, s[split:])  # test targets: everything after it
     torch.testing.assert_close(task.x_test[0], s[split - lb:split])
     assert int(task.rollout_starts.min()) >= split and int(task.rollout_starts.max()) + task.horizon <= len(s)

@@ -5,10 +5,10 @@
 // per row are cheap next to the row's GEMM.
 #pragma once
 
-#include <ATen/Parallel.h>
-
 #include <cstdint>
 #include <vector>
+
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace cpu {
@@ -41,7 +41,7 @@ inline T dot(const T* a, const T* b, int64_t n) {
 template <typename T>
 void low_rank_rows(T* y, int64_t members, int64_t rows, int64_t out, int64_t rank, const T* base, const T* bias,
                    const std::vector<LowRankTerm<T>>& terms) {
-  at::parallel_for(0, members * rows, 64, [&](int64_t i0, int64_t i1) {
+  parallel_for(0, members * rows, 64, [&](int64_t i0, int64_t i1) {
     std::vector<T> t(rank);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t k = i / rows, b = i % rows;

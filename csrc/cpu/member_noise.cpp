@@ -2,12 +2,12 @@
 #include "member_noise.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <vector>
 
 #include "normals.h"
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace cpu {
@@ -18,7 +18,7 @@ at::Tensor member_vectors(const at::Tensor& b, const NoiseKey& key, const Member
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "member_vectors", [&] {
     const scalar_t* src = b.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, members.count, 16, [&](int64_t m0, int64_t m1) {
+    parallel_for(0, members.count, 16, [&](int64_t m0, int64_t m1) {
       std::vector<float> e(n);
       for (int64_t m = m0; m < m1; ++m) {
         const MemberNoise mn = member_noise(m, members.baseline, members.antithetic);
@@ -44,7 +44,7 @@ std::pair<at::Tensor, at::Tensor> member_factors(int64_t out, int64_t in, int64_
     scalar_t* pa = fa.data_ptr<scalar_t>();
     scalar_t* pb = fb.data_ptr<scalar_t>();
     const scalar_t sqrt_r = std::sqrt(static_cast<scalar_t>(rank));
-    at::parallel_for(0, members.count, 4, [&](int64_t m0, int64_t m1) {
+    parallel_for(0, members.count, 4, [&](int64_t m0, int64_t m1) {
       std::vector<float> v((out + in) * rank);
       for (int64_t m = m0; m < m1; ++m) {
         const MemberNoise mn = member_noise(m, members.baseline, members.antithetic);

@@ -1,6 +1,5 @@
 // CPU kernels of noise_ and noise_bits_: rows are noise ids first_id.., columns elements of the stream.
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 
 #include "../ops.h"
 #include "normals.h"
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace {
@@ -23,7 +23,7 @@ void fill_rows(const at::Tensor& out, const NoiseKey& key, int64_t first_id, Fil
   const int64_t runs_per_row = (cols + kRun - 1) / kRun;
   Out* base = out.data_ptr<Out>();
   const int64_t s0 = out.stride(0), s1 = out.stride(1);
-  at::parallel_for(0, rows * runs_per_row, 1, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(0, rows * runs_per_row, 1, [&](int64_t begin, int64_t end) {
     std::vector<Word> buf(kRun);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task / runs_per_row;

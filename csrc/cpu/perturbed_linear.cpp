@@ -5,7 +5,6 @@
 // weight per thread, never K x P. Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r)
 // from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include "member_groups.h"
 #include "member_noise.h"
 #include "normals.h"
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace {
@@ -42,7 +42,7 @@ void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& bias
   const bool shared = a.x.dim() == 2;
   const T* w = a.weight.data_ptr<T>();
   const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
-  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+  cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> e(numel);
     at::Tensor wm = at::empty({out, in}, a.weight.options());
     T* wmp = wm.data_ptr<T>();
@@ -80,7 +80,7 @@ at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>&
   const at::Tensor base = shared ? at::mm(a.x, a.weight.t()) : at::Tensor();
   const int64_t r = a.rank, x_member = shared ? 0 : rows * in;
   const int64_t per_block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, rows));
-  at::parallel_for(0, (k + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
+  cpu::parallel_for(0, (k + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t k0 = blk * per_block, nk = std::min(per_block, k - k0);
       cpu::low_rank_rows<T>(y.data_ptr<T>() + k0 * rows * out, nk, rows, out, r,
@@ -103,12 +103,13 @@ at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c
                                 c10::string_view activation) {
   check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank);
   const Activation act = parse_activation(std::string(activation), /*allowed_rnn=*/false);
-  // Half and bfloat16 layers are computed in float32 and rounded once at the end.
+  // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
+  // not differentiable, so nothing in it may carry autograd history (parallel.h).
   const at::ScalarType dtype = weight.scalar_type();
   const at::ScalarType compute = (dtype == at::kDouble) ? at::kDouble : at::kFloat;
-  LinearArgs a{x.to(compute).contiguous(),
-               weight.to(compute).contiguous(),
-               bias ? std::optional<at::Tensor>(bias->to(compute).contiguous()) : std::nullopt,
+  LinearArgs a{x.detach().to(compute).contiguous(),
+               weight.detach().to(compute).contiguous(),
+               bias ? std::optional<at::Tensor>(bias->detach().to(compute).contiguous()) : std::nullopt,
                make_noise_key(seed, step, weight_stream),
                make_noise_key(seed, step, bias_stream),
                sigma,

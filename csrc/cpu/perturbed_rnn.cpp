@@ -7,7 +7,6 @@
 // member's low-rank corrections and bias (low_rank_rows.h) from factors generated once per call (they are
 // small); a shared x is projected once for all members and steps.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "member_groups.h"
 #include "member_noise.h"
 #include "normals.h"
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace {
@@ -54,7 +54,7 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const int64_t batch = a.x.size(-3), steps = a.x.size(-2);
   const bool shared = a.x.dim() == 3;
   const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
-  at::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+  cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> e_ih(hidden * in), e_hh(hidden * hidden);
     at::Tensor w_ih = at::empty({hidden, in}, a.w_hh.options());
     at::Tensor w_hh = at::empty({hidden, hidden}, a.w_hh.options());
@@ -125,7 +125,7 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   // by another process on its core does not hold the others back.
   std::atomic<int64_t> next{0};
   const int64_t num_blocks = static_cast<int64_t>(starts.size()) - 1;
-  at::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+  cpu::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     for (int64_t blk = next++; blk < num_blocks; blk = next++) {
       const int64_t k0 = starts[blk], nk = starts[blk + 1] - k0;
       at::Tensor h = a.h0.narrow(0, k0, nk).clone();
@@ -164,20 +164,21 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
   check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
                            rank);
   const Activation act = parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true);
-  // Half and bfloat16 layers are computed in float32 and rounded once at the end.
+  // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
+  // not differentiable, so nothing in it may carry autograd history (parallel.h).
   const at::ScalarType dtype = weight_hh.scalar_type();
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const auto opts = weight_hh.options().dtype(compute);
   const int64_t hidden = weight_hh.size(0), batch = x.size(-3), steps = x.size(-2);
-  at::Tensor h_init = h0 ? h0->to(compute).expand({num_members, batch, hidden}).contiguous()
+  at::Tensor h_init = h0 ? h0->detach().to(compute).expand({num_members, batch, hidden}).contiguous()
                          : at::zeros({num_members, batch, hidden}, opts);
   auto vec = [&](const std::optional<at::Tensor>& b) {
-    return b ? std::optional<at::Tensor>(b->to(compute).contiguous()) : std::nullopt;
+    return b ? std::optional<at::Tensor>(b->detach().to(compute).contiguous()) : std::nullopt;
   };
-  RnnArgs a{x.to(compute).contiguous(),
+  RnnArgs a{x.detach().to(compute).contiguous(),
             h_init,
-            weight_ih.to(compute).contiguous(),
-            weight_hh.to(compute).contiguous(),
+            weight_ih.detach().to(compute).contiguous(),
+            weight_hh.detach().to(compute).contiguous(),
             vec(bias_ih),
             vec(bias_hh),
             {make_noise_key(seed, step, streams[0]), make_noise_key(seed, step, streams[1]),

@@ -3,7 +3,6 @@
 // Full rank: one pass over the parameter in element runs (parallel over runs); each run accumulates every id's
 // normals in a small buffer. Low rank: sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 
 #include "../ops.h"
 #include "normals.h"
+#include "parallel.h"
 
 namespace dopamine_fast {
 namespace {
@@ -24,7 +24,7 @@ void update_full_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& k
   T* pp = p.data_ptr<T>();
   const T* c = coeffs.data_ptr<T>();
   const T a = static_cast<T>(alpha);
-  at::parallel_for(0, (numel + kRun - 1) / kRun, 1, [&](int64_t r0, int64_t r1) {
+  cpu::parallel_for(0, (numel + kRun - 1) / kRun, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> z(kRun);
     std::vector<T> acc(kRun);
     for (int64_t run = r0; run < r1; ++run) {
@@ -50,7 +50,7 @@ void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& ke
   T* ap = sa.data_ptr<T>();
   T* bp = sb.data_ptr<T>();
   const T* c = coeffs.data_ptr<T>();
-  at::parallel_for(0, n_ids, 1, [&](int64_t j0, int64_t j1) {
+  cpu::parallel_for(0, n_ids, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> v((out + in) * r);
     for (int64_t j = j0; j < j1; ++j) {
       cpu::noise_normals(key, static_cast<uint32_t>(j), 0, (out + in) * r, v.data());
@@ -73,9 +73,11 @@ void rpe_update_cpu(const at::Tensor& param, const at::Tensor& coeffs, int64_t s
   const int64_t r = param.dim() >= 2 ? rank : 0;  // vectors always take full-rank noise
   // Work on a contiguous tensor of the compute dtype (the parameter itself when it already is one) and copy
   // back, so strided views and half-precision parameters are updated without touching anything around them.
+  // Detached: the update writes the parameter's data, which autograd must not record (parallel.h).
   const at::ScalarType compute = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor work = param.to(compute).contiguous();
-  const at::Tensor c = coeffs.to(compute).contiguous();
+  const at::Tensor p = param.detach();
+  at::Tensor work = p.to(compute).contiguous();
+  const at::Tensor c = coeffs.detach().to(compute).contiguous();
   const NoiseKey key = make_noise_key(seed, step, stream);
   AT_DISPATCH_FLOATING_TYPES(compute, "rpe_update_", [&] {
     if (r == 0) {
@@ -84,7 +86,7 @@ void rpe_update_cpu(const at::Tensor& param, const at::Tensor& coeffs, int64_t s
       update_low_rank<scalar_t>(work, c, key, r, alpha);
     }
   });
-  if (!work.is_same(param)) param.copy_(work);
+  if (!work.is_same(p)) p.copy_(work);
 }
 
 }  // namespace

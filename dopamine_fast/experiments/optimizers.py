@@ -15,46 +15,44 @@ import torch
 
 import dopamine_fast
 
-PERTURBATION = ("wp", "dopamine", "dopamine2")
+PERTURBATION = ("wp", "dopamine", "dopamine_fixed", "dopamine2")
 GRADIENT = ("sgd", "adam")
 OPTIMIZERS = PERTURBATION + GRADIENT + ("pgpe",)
 
 DESCRIPTIONS = {
     "wp": "weight perturbation, fixed learning rate",
     "dopamine": "Dopamine: weight perturbation with an RPE-driven learning rate",
+    "dopamine_fixed": "Dopamine with its gain frozen (adaptive=False): the ablation",
     "dopamine2": "the third-party 'Dopamine-2' preset (one perturbation, paper's coefficients)",
     "sgd": "SGD with back-propagation (through time for RNNs)",
     "adam": "Adam with back-propagation (through time for RNNs)",
     "pgpe": "EvoTorch PGPE on the flattened parameters (needs evotorch)",
 }
 
-# Defaults per task family. lr/sigma for the perturbation methods were chosen on short runs of these tasks;
-# Dopamine's own adaptation constants (beta_s, beta_lr, kappa, lr bounds) stay at the optimizer's defaults.
+# Defaults per task family. The zero-order methods share K, so a comparison spends equal loss evaluations; their
+# learning rates come from the validation sweeps of bench/bench_quality.py (bench/results/quality_cpu/sweep.csv).
 # BPTT on the chaotic series clips the gradient norm at 1, the usual guard against exploding gradients.
 HPARAMS: Dict[str, Dict[str, dict]] = {
     "xor": {
         "wp": dict(lr=1.0, sigma=0.1, num_perturbations=8, antithetic=True),
-        # kappa * s_t (s ~ 0.8 sigma |grad|) must reach the WP rate for the RPE to matter at all: with kappa 100
-        # the rate sat on its floor; 3000 solves faster on most seeds (docs/algorithm.md has the sweep).
-        "dopamine": dict(lr=1.0, sigma=0.1, num_perturbations=8, antithetic=True, kappa=3000.0, lr_min=0.5,
-                         lr_max=3.0),
+        "dopamine": dict(lr=0.05, sigma=0.1, num_perturbations=8, antithetic=True),
+        "dopamine_fixed": dict(lr=0.05, sigma=0.1, num_perturbations=8, antithetic=True, adaptive=False),
         "dopamine2": dict(),
         "sgd": dict(lr=1.0),
         "adam": dict(lr=0.05),
         "pgpe": dict(popsize=8, center_lr=0.1, stdev_init=0.3),
     },
     "chaotic": {
-        # Clipped like the BPTT baselines: the zeroth-order estimate's norm is about sqrt(P / K) times the
+        # Clipped like the BPTT baselines: the zero-order estimate's norm is about sqrt(P / K) times the
         # gradient's, so 20 here plays the role of their 1. Unclipped, 2-5 of 5 seeds blew up (1e8 NRMSE).
-        "wp": dict(lr=0.02, sigma=1e-3, num_perturbations=8, antithetic=True, max_grad_norm=20.0),
-        # WP at 0.02 is near the edge of stability on the 64-unit RNN (0.04 diverges), so the RPE may only
-        # move the rate in a narrow band around it.
-        "dopamine": dict(lr=0.02, sigma=1e-3, num_perturbations=8, antithetic=True, kappa=300.0, lr_min=0.01,
-                         lr_max=0.025, max_grad_norm=20.0),
+        "wp": dict(lr=0.02, sigma=1e-3, num_perturbations=16, antithetic=True, max_grad_norm=20.0),
+        # Dopamine's step is bounded by construction (normalised RPEs, relative to each tensor's size): no clip.
+        "dopamine": dict(lr=0.03, sigma=1e-3, num_perturbations=16, antithetic=True),
+        "dopamine_fixed": dict(lr=0.03, sigma=1e-3, num_perturbations=16, antithetic=True, adaptive=False),
         "dopamine2": dict(spectral_radius=1.0),
         "sgd": dict(lr=0.1, clip=1.0),
         "adam": dict(lr=3e-3, clip=1.0),
-        "pgpe": dict(popsize=8, center_lr=0.01, stdev_init=0.01),
+        "pgpe": dict(popsize=16, center_lr=0.01, stdev_init=0.01),
     },
 }
 

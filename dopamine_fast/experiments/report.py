@@ -103,28 +103,38 @@ def plot_run(result: RunResult, error_name: str, path: Path) -> Path:
     return path
 
 
-def plot_compare(results: Sequence[RunResult], error_name: str, threshold: float, path: Path, title: str) -> Path:
-    """Mean test error over seeds (band: min to max) against loss evaluations, one line per optimizer."""
+def plot_compare(results: Sequence[RunResult], error_name: str, threshold: float, path: Path, title: str,
+                 baseline_label: str = "threshold") -> Path:
+    """Training loss and test metric (median over seeds, band: min to max), one line per optimizer, against loss
+    evaluations and against wall-clock; the threshold drawn and labelled (``baseline_label``), legend outside."""
     plt = _plot_module()
     by_opt: Dict[str, List[RunResult]] = defaultdict(list)
     for r in results:
         by_opt[r.optimizer].append(r)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for opt, runs in by_opt.items():
-        n = min(len(r.curve) for r in runs)  # a diverged run stops early
-        x = [runs[0].curve[i]["evaluations"] for i in range(n)]
-        ys = [[r.curve[i]["test_error"] for r in runs] for i in range(n)]
-        line, = ax.plot(x, [statistics.fmean(y) for y in ys], label=opt)
-        ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
-    if threshold > 0:
-        ax.axhline(threshold, color="gray", ls="--", lw=1, label="threshold")
-        ax.set_yscale("log")
-    ax.set_xlabel("loss evaluations")
-    ax.set_ylabel(error_name)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharey="row")
+    for (row, key, label), (col, xkey, xlabel) in [(rk, cx) for rk in ((0, "train_loss", "training loss"),
+                                                                       (1, "test_error", error_name))
+                                                   for cx in ((0, "evaluations", "loss evaluations"),
+                                                              (1, "train_s", "wall-clock of the steps (s)"))]:
+        ax = axes[row][col]
+        for opt, runs in by_opt.items():
+            n = min(len(r.curve) for r in runs)  # a diverged run stops early
+            x = [statistics.fmean(r.curve[i][xkey] for r in runs) for i in range(n)]
+            ys = [[r.curve[i][key] for r in runs] for i in range(n)]
+            line, = ax.plot(x, [statistics.median(y) for y in ys], label=opt)
+            ax.fill_between(x, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.15)
+        if key == "test_error" and threshold > 0:
+            ax.axhline(threshold, color="gray", ls="--", lw=1, label=baseline_label)
+        values = [row_[key] for r in results for row_ in r.curve]
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

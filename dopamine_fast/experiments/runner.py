@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -47,10 +47,13 @@ def _batches(task, batch_size: int, seed: int):
 
 def train(task, optimizer: str, hparams: dict, *, steps: Optional[int] = None, evaluations: Optional[int] = None,
           seed: int = 0, hidden: Optional[int] = None, batch_size: int = 0, log_points: int = 50,
-          progress: bool = False, desc: Optional[str] = None) -> RunResult:
+          progress: bool = False, desc: Optional[str] = None, on_log: Optional[Callable[[dict], None]] = None,
+          stop: Optional[Callable[[], bool]] = None) -> RunResult:
     """Train a fresh model of ``task`` with ``optimizer`` for ``steps`` steps or an ``evaluations`` budget.
 
     The curve is logged ``log_points`` times (and at step 0); the progress bar shows the loss and learning rate.
+    ``on_log(row)`` sees each curve row as it is logged (to write it out at once); ``stop()`` is asked after every
+    step, and True ends the run there (Ctrl-C in the CLI): the curve then ends with that step.
     """
     if (steps is None) == (evaluations is None):
         raise ValueError("give exactly one of steps and evaluations")
@@ -71,6 +74,8 @@ def train(task, optimizer: str, hparams: dict, *, steps: Optional[int] = None, e
                "lr": stepper.lr(), "train_s": train_s}
         row.update(task.evaluate(model))
         curve.append(row)
+        if on_log is not None:
+            on_log(row)
         return row
 
     curve: List[Dict[str, float]] = []
@@ -79,8 +84,8 @@ def train(task, optimizer: str, hparams: dict, *, steps: Optional[int] = None, e
         log(0, float(task.loss(model, x0, y0)), 0.0)
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc=desc or f"{task.name}/{optimizer}", disable=not progress, leave=False)
-    train_s, done, diverged, loss = 0.0, 0, False, math.nan
-    while done < steps and not diverged:
+    train_s, done, diverged, stopped, loss = 0.0, 0, False, False, math.nan
+    while done < steps and not diverged and not stopped:
         chunk = min(log_every, steps - done)
         start = time.perf_counter()
         with meter.active():
@@ -91,14 +96,19 @@ def train(task, optimizer: str, hparams: dict, *, steps: Optional[int] = None, e
                 if not math.isfinite(loss):
                     diverged = True
                     break
+                if stop is not None and stop():
+                    stopped = True
+                    break
             if task.device.type == "cuda":
                 torch.cuda.synchronize(task.device)
         train_s += time.perf_counter() - start
-        bar.update(chunk)
+        bar.update(done - bar.n)
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{stepper.lr():.3g}")
         log(done, loss, train_s)
     bar.close()
     final = {k: v for k, v in curve[-1].items() if k not in ("step", "evaluations", "train_s")}
+    with torch.no_grad():
+        final["val_error"] = task.validation_error(model)  # what hyper-parameter sweeps choose on
     reached = next((row["evaluations"] for row in curve if row["test_error"] <= task.threshold), None)
     return RunResult(task.name, optimizer, seed, done, done * stepper.evaluations_per_step, curve, final, reached,
                      train_s, meter.peak_mb, diverged, dict(hparams))

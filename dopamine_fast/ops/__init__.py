@@ -9,20 +9,19 @@ reference, which every other backend is tested against.
 from __future__ import annotations
 
 import importlib
-import math
 from typing import List, Optional
 
 import torch
 
 from .. import _native, _triton_support, backends
+from . import validation
+from .validation import ACTIVATIONS, NONLINEARITIES
 from .members import member_noise_ids, num_noise_ids
 from .noise import (expand_noise, low_rank_numel, noise_bits_reference, noise_reference, check_counter_args)
 from .perturbed_linear import perturbed_linear_reference
 from .perturbed_rnn import perturbed_rnn_reference
 from .rpe_update import rpe_update_reference
 
-ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
-NONLINEARITIES = ("tanh", "relu")
 
 # Schemas shared by the public ops and the native ones (csrc/ops.cpp declares the same strings).
 SCHEMAS = {
@@ -93,20 +92,49 @@ FAKES = {
 _LIB = torch.library.Library("dopamine_fast", "DEF")
 
 
+def _checked_fake(op: str):
+    """The fake kernel behind the argument checks: a meta tensor among real ones must not pass unnoticed."""
+    check, fake = validation.CHECKS[op], FAKES[op]
+
+    def checked(*args):
+        check(*args)
+        return fake(*args)
+    return checked
+
+
+_BODIES = {}  # op -> the public op's body
+
+
+def _call(op: str, *args):
+    """The public op, or in plain eager mode its body directly: the dispatcher's round trip into a Python kernel
+    boxes every argument (3 to 8 us a call, more than a small kernel takes). Under torch.compile, a dispatch mode
+    (make_fx, FakeTensorMode, export) or with arguments that are not tensors (an FX proxy), the op itself, so
+    traced graphs hold the public op."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or not isinstance(args[DEVICE_ARG.get(op, 0)], torch.Tensor)):
+        return getattr(torch.ops.dopamine_fast, op)(*args)
+    return _BODIES[op](*args)
+
+
 def _define_public(op: str) -> None:
     _LIB.define(op + SCHEMAS[op])
+    check, native = validation.CHECKS[op], _native.native_op(op)
+    device_arg = DEVICE_ARG.get(op, 0)
 
     def run(*args):
-        return backends.dispatch(op, _device_of(op, args))(*args)
+        impl = backends.dispatch(op, args[device_arg].device)
+        if impl is not native:  # the compiled kernels run the same checks themselves (csrc/ops.cpp)
+            check(*args)
+        return impl(*args)
 
     # CompositeExplicitAutograd: one body for every device; the backend choice happens inside it.
     _LIB.impl(op, run, "CompositeExplicitAutograd")
-    torch.library.register_fake("dopamine_fast::" + op, FAKES[op], lib=_LIB)
+    _BODIES[op] = run
+    torch.library.register_fake("dopamine_fast::" + op, _checked_fake(op), lib=_LIB)
 
 
-def _device_of(op: str, args) -> torch.device:
-    index = {"perturbed_rnn": 3, "perturbed_linear": 1}.get(op, 0)  # the weight, or the written tensor
-    return args[index].device
+# The argument whose device picks the backend: the weight, or (the default, 0) the written tensor.
+DEVICE_ARG = {"perturbed_rnn": 3, "perturbed_linear": 1}
 
 
 def _register_backends(op: str) -> None:
@@ -116,7 +144,7 @@ def _register_backends(op: str) -> None:
         backends.register(op, "cpp", native, device_types=("cpu",), available=lambda: _native.status(op, "CPU"))
         backends.register(op, "cuda", native, device_types=("cuda",),
                           available=lambda: _native.status(op, "CUDA"))
-        torch.library.register_fake("dopamine_fast_C::" + op, FAKES[op], lib=_native.fake_library())
+        torch.library.register_fake("dopamine_fast_C::" + op, _checked_fake(op), lib=_native.fake_library())
     if _triton_support.importable():
         try:
             module = importlib.import_module(f"{__name__}.{TRITON_MODULES[op]}")
@@ -135,11 +163,6 @@ for _op in SCHEMAS:
     _register_backends(_op)
 
 
-def _check_stream_args(seed: int, step: int, *streams: int) -> None:
-    for s in streams:
-        check_counter_args(seed, step, s, 0, 0, 0)
-
-
 def noise(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel: int, device=None,
           dtype=torch.float32) -> torch.Tensor:
     """Normals of noise ids ``first_id .. first_id+num_ids-1`` of one stream, shape [num_ids, numel]."""
@@ -147,7 +170,7 @@ def noise(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel:
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     out = torch.empty(num_ids, numel, device=device, dtype=dtype)
-    torch.ops.dopamine_fast.noise_(out, seed, step, stream, first_id)
+    _call("noise_", out, seed, step, stream, first_id)
     return out
 
 
@@ -155,19 +178,8 @@ def noise_bits(seed: int, step: int, stream: int, first_id: int, num_ids: int, n
     """Raw Philox uint32 word of each element (int64), shape [num_ids, numel]."""
     check_counter_args(seed, step, stream, first_id, num_ids, numel)
     out = torch.empty(num_ids, numel, device=device, dtype=torch.int64)
-    torch.ops.dopamine_fast.noise_bits_(out, seed, step, stream, first_id)
+    _call("noise_bits_", out, seed, step, stream, first_id)
     return out
-
-
-def _check_common(sigma, num_members, rank, activation, activations):
-    if not (sigma >= 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
-    if num_members < 1:
-        raise ValueError(f"num_members must be >= 1, got {num_members}")
-    if rank < 0:
-        raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
-    if activation not in activations:
-        raise ValueError(f"activation must be one of {activations}, got {activation!r}")
 
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: int, step: int,
@@ -179,18 +191,8 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k)`` with ``E_k`` full rank (``rank=0``) or
     ``A_k B_k^T / sqrt(rank)``.
     """
-    _check_common(sigma, num_members, rank, activation, ACTIVATIONS)
-    _check_stream_args(seed, step, weight_stream, bias_stream)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-    if x.dim() not in (2, 3) or x.shape[-1] != weight.shape[1] or (x.dim() == 3 and x.shape[0] != num_members):
-        raise ValueError(f"x must be [B, {weight.shape[1]}] or [{num_members}, B, {weight.shape[1]}] "
-                         f"for weight {tuple(weight.shape)} and num_members={num_members}, got {tuple(x.shape)}")
-    if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    return torch.ops.dopamine_fast.perturbed_linear(x, weight, bias, seed, step, weight_stream, bias_stream,
-                                                    float(sigma), num_members, rank, baseline, antithetic,
-                                                    activation)
+    return _call("perturbed_linear", x, weight, bias, seed, step, weight_stream, bias_stream, float(sigma),
+                 num_members, rank, baseline, antithetic, activation)
 
 
 def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.Tensor, weight_hh: torch.Tensor,
@@ -204,39 +206,14 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
     noise streams of (weight_ih, weight_hh, bias_ih, bias_hh). Returns the last hidden state [K, B, H], or all
     of them [K, B, T, H].
     """
-    _check_common(sigma, num_members, rank, nonlinearity, NONLINEARITIES)
-    if len(streams) != 4:
-        raise ValueError(f"streams must hold 4 ints (weight_ih, weight_hh, bias_ih, bias_hh), got {streams}")
-    _check_stream_args(seed, step, *streams)
-    hidden = weight_hh.shape[0]
-    if weight_hh.shape != (hidden, hidden) or weight_ih.dim() != 2 or weight_ih.shape[0] != hidden:
-        raise ValueError(f"weight_ih must be [H, in] and weight_hh [H, H], got {tuple(weight_ih.shape)} and "
-                         f"{tuple(weight_hh.shape)}")
-    if x.dim() not in (3, 4) or x.shape[-1] != weight_ih.shape[1] or (x.dim() == 4 and x.shape[0] != num_members):
-        raise ValueError(f"x must be [B, T, {weight_ih.shape[1]}] or [{num_members}, B, T, {weight_ih.shape[1]}], "
-                         f"got {tuple(x.shape)}")
-    if h0 is not None and (h0.shape[-1] != hidden or h0.shape[-2] != x.shape[-3]
-                           or (h0.dim() == 3 and h0.shape[0] != num_members) or h0.dim() not in (2, 3)):
-        raise ValueError(f"h0 must be [B, {hidden}] or [{num_members}, B, {hidden}], got {tuple(h0.shape)}")
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None and b.shape != (hidden,):
-            raise ValueError(f"{name} must have shape ({hidden},), got {tuple(b.shape)}")
-    return torch.ops.dopamine_fast.perturbed_rnn(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step,
-                                                 list(streams), float(sigma), num_members, rank, baseline,
-                                                 antithetic, nonlinearity, return_sequence)
+    return _call("perturbed_rnn", x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, list(streams),
+                 float(sigma), num_members, rank, baseline, antithetic, nonlinearity, return_sequence)
 
 
 def rpe_update_(param: torch.Tensor, coeffs: torch.Tensor, seed: int, step: int, stream: int, rank: int = 0,
                 alpha: float = 1.0) -> torch.Tensor:
     """In place: ``param += alpha * sum_j coeffs[j] * eps_j`` over noise ids ``j = 0 .. len(coeffs)-1``."""
-    _check_stream_args(seed, step, stream)
-    if coeffs.dim() != 1:
-        raise ValueError(f"coeffs must be 1-D (one per noise id), got shape {tuple(coeffs.shape)}")
-    if coeffs.device != param.device:
-        raise ValueError(f"coeffs is on {coeffs.device} but param on {param.device}")
-    if rank < 0:
-        raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
-    torch.ops.dopamine_fast.rpe_update_(param, coeffs, seed, step, stream, rank, float(alpha))
+    _call("rpe_update_", param, coeffs, seed, step, stream, rank, float(alpha))
     return param
 
 

@@ -1,106 +1,161 @@
-"""The Dopamine optimizer: weight perturbation with a learning rate driven by the reward-prediction error."""
+"""The Dopamine optimizer: weight perturbation steered by reward-prediction errors, stable and scale-free."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
-from .functional import (apply_noise_combination, dopamine2_lr, dopamine_level, dopamine_lr, mean_abs,
-                         wp_coefficients)
-from .perturbation_optimizer import PerturbationOptimizer, check_number
+import torch
 
-FORMS = ("dopamine", "dopamine2")
+from . import dopamine_rules
+from .dopamine2 import Dopamine2
+from .functional import apply_noise_combination, reward_prediction_errors
+from .perturbation_optimizer import GLOBAL_STATE, PerturbationOptimizer, check_number
 
-# The third-party "Dopamine-2" reimplementation's settings (docs/algorithm.md): one perturbation, the
-# unnormalised update and its learning-rate rule, sigma 1e-4 (Lorenz), betas 0.9998, eta_0 1e-2.
-PRESETS = {
-    "dopamine2": dict(form="dopamine2", lr=1e-2, sigma=1e-4, num_perturbations=1, antithetic=False,
-                      beta_s=0.9998, beta_lr=0.9998),
-}
+# Knobs of the RPE signals: one loss drives every group, so they are the optimizer's, not a group's.
+SIGNAL_OPTIONS = ("adaptive", "beta_rpe", "beta_loss", "gain_rate", "gain_min", "gain_max")
+# A relative step never uses a parameter scale below this, so zero-initialised tensors still move (Adafactor's eps2).
+MIN_PARAM_SCALE = 1e-3
 
 
 class Dopamine(PerturbationOptimizer):
-    r"""Weight perturbation whose learning rate follows a tonic "dopamine level" of RPE magnitude.
+    r"""Weight perturbation driven by reward-prediction errors (RPEs): phasic member RPEs, a tonic gain.
 
-    Our reconstruction of Nambusubramaniyan et al., arXiv 2510.22178 (docs/algorithm.md says what is the
-    paper's and what is ours):
+    Our reconstruction of Nambusubramaniyan et al., arXiv 2510.22178 (docs/algorithm.md says what is the paper's,
+    what a third party's and what ours, and the measurements behind the defaults):
 
     .. code-block:: text
 
-        input: params w, eta_0 (lr), sigma, K, beta_s, beta_lr, kappa, [lr_min, lr_max], seed, closure L
+        input: params w, base lr eta (group["lr"]), sigma, K, beta_rpe, beta_loss, gain_rate, [gain_min, gain_max]
         for t = 0, 1, ...:
-            delta_j = L(w + sigma eps_j) - L(w)        (antithetic: (L(w+sigma eps_j) - L(w-sigma eps_j)) / 2)
-            s_t   = beta_s s_{t-1} + (1 - beta_s) mean_j |delta_j|        (s_0 = the first mean |delta|)
-            eta_t = clamp(beta_lr eta_{t-1} + (1 - beta_lr) kappa s_t, lr_min, lr_max)
-            g     = (1/n) sum_j delta_j eps_j / sigma
-            g    <- g * min(1, max_grad_norm / ||g||)                     (only with max_grad_norm)
-            w    <- w - eta_t g
+            L_t = L(w);  delta_j = L(w + sigma eps_j) - L(w)   (antithetic: (L(w+sigma eps_j) - L(w-sigma eps_j)) / 2)
+            v_t = beta_rpe v_{t-1} + (1 - beta_rpe) mean_j delta_j^2;   s_t = sqrt(v_t / (1 - beta_rpe^(t+1)))
+            z_j = delta_j / s_t                                 (phasic RPEs in units of the tonic level s_t)
+            if adaptive and t > 0:                              (temporal RPE of the unperturbed loss)
+                r_t = (l_{t-1} + b_{t-1}) - L_t                 (predicted by level l and trend b, Holt)
+                q_t = beta_loss q_{t-1} + (1 - beta_loss) r_t^2;  rho_t = max(sqrt(q_t / (1 - beta_loss^t)),
+                                                                               1e-3 |l_{t-1} + b_{t-1}|)
+                log a_t = clamp(0.95 log a_{t-1} + gain_rate tanh(r_t / rho_t), log gain_min, log gain_max)
+                l_t = beta_loss (l_{t-1} + b_{t-1}) + (1 - beta_loss) L_t;  b_t = beta_loss b_{t-1}
+                      + (1 - beta_loss) (l_t - l_{t-1})                                       (l_0 = L_0, b_0 = 0)
+            u = sqrt(n) mean_j z_j eps_j                        (n noise ids; each coordinate of order 1)
+            u <- u * min(1, max_grad_norm / ||u||)              (only with max_grad_norm, per group)
+            w <- w - eta a_t r(w) u                             (r(w) = max(RMS(w), 1e-3) per tensor; 1 if not relative)
 
-    ``form="dopamine2"`` (or ``Dopamine.preset("dopamine2", params)``) is the third-party Dopamine-2 rule:
-    ``s_0 = sigma``, ``eta_t = (1 - beta_lr) eta_{t-1} + beta_lr s_t`` (no clamp, no kappa) and the
-    unnormalised update ``w <- w - eta_t (1/n) sum_j delta_j sigma eps_j``.
+    In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the RPE-driven rate
+    ``eta_t = eta a_t r(w) sigma sqrt(n) / s_t``: RPEs large against the tonic level move the weights more, and the
+    gain ``a_t`` rises while the loss beats its own prediction and falls while it misses it (slowing progress
+    lowers it, which anneals the step on noisy minibatches). Both signals are divided by their running scale, so
+    multiplying the loss by c > 0 leaves the trajectory unchanged, and a rising loss can only lower ``a_t``: there
+    is no positive feedback. ``a_0 = 1``, so the first step uses ``lr`` as given; ``group["lr"]`` stays the user's
+    base rate, which ``a_t`` multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes
+    ``a_t = 1`` (the ablation). ``Dopamine.preset("dopamine2", params)`` is the third-party "Dopamine-2" form
+    (``Dopamine2``).
 
-    ``s_t`` and ``eta_t`` are kept per parameter group (``group["rpe_level"]``, ``group["lr"]``), so they are
-    saved by ``state_dict`` and a resumed run continues bit for bit.
+    ``lr`` is the step per coordinate relative to each tensor's RMS (Adafactor's relative step), so one value
+    serves small MLPs and wide RNNs: about 0.02-0.2. The signals' state lives in ``state["global"]["dopamine"]``
+    and round-trips through ``state_dict``.
 
     Args:
-        params: parameters or parameter groups (groups may set ``lr``, ``sigma``, ``rank``, ``kappa``,
-            ``lr_min``, ``lr_max``, ``beta_s``, ``beta_lr``).
-        lr: initial learning rate eta_0 (>= 0).
+        params: parameters or parameter groups (groups may set ``lr``, ``sigma``, ``rank``, ``max_grad_norm``).
+        lr: base learning rate eta (>= 0), the step per coordinate (relative to the tensor's RMS) when ``a_t = 1``.
         sigma: perturbation scale (> 0).
         num_perturbations: K (>= 1; even when antithetic).
         antithetic: evaluate pairs ``+eps, -eps``.
         rank: 0 for full-rank noise, r >= 1 for rank-r noise on matrices.
-        beta_s: smoothing of the dopamine level, in [0, 1).
-        beta_lr: smoothing of the learning rate, in [0, 1).
-        kappa: gain from dopamine level to learning rate (>= 0).
-        lr_min, lr_max: bounds of the learning rate (0 <= lr_min <= lr_max).
-        form: "dopamine" (default) or "dopamine2".
+        adaptive: let the tonic gain move (False: ``a_t = 1``).
+        beta_rpe: smoothing of the tonic RPE level, in [0, 1).
+        beta_loss: smoothing of the loss prediction and of its error's scale, in [0, 1).
+        gain_rate: largest change of ``log a_t`` per step (>= 0).
+        gain_min, gain_max: bounds of the gain (0 < gain_min <= 1 <= gain_max).
+        relative: size each tensor's step by its RMS (False: ``lr`` is an absolute step per coordinate).
         seed: noise seed in [0, 2**63).
-        max_grad_norm: clip each group's update direction to this norm (None: no clipping).
+        max_grad_norm: clip each group's update direction ``u`` to this norm (None: no clipping).
+        on_divergence: "warn", "raise" or "restore" when the loss stays far above the best seen.
+        process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
+            ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
     """
 
-    def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
-                 antithetic: bool = True, rank: int = 0, beta_s: float = 0.9, beta_lr: float = 0.9,
-                 kappa: float = 30.0, lr_min: float = 0.01, lr_max: float = 1.0, form: str = "dopamine",
-                 seed: int = 0, max_grad_norm: Optional[float] = None):
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        defaults = dict(lr=lr, sigma=sigma, rank=rank, beta_s=beta_s, beta_lr=beta_lr, kappa=kappa,
-                        lr_min=lr_min, lr_max=lr_max, form=form, rpe_level=None,
-                        max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults, num_perturbations, antithetic, seed)
+    def __init__(self, params, lr: float = 0.05, sigma: float = 0.05, num_perturbations: int = 16,
+                 antithetic: bool = True, rank: int = 0, adaptive: bool = True, beta_rpe: float = 0.9,
+                 beta_loss: float = 0.9, gain_rate: float = 0.1, gain_min: float = 0.25, gain_max: float = 4.0,
+                 relative: bool = True, seed: int = 0, max_grad_norm: Optional[float] = None,
+                 on_divergence: str = "warn", process_group=None):
+        options = dict(adaptive=adaptive, beta_rpe=beta_rpe, beta_loss=beta_loss, gain_rate=gain_rate,
+                       gain_min=gain_min, gain_max=gain_max)
+        check_signal_options(options)
+        defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm, relative=relative)
+        super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
+                         process_group)
+        self.state[GLOBAL_STATE]["dopamine"] = {"options": options, **dopamine_rules.initial_state()}
 
     @classmethod
-    def preset(cls, name: str, params, **overrides) -> "Dopamine":
-        """A Dopamine optimizer with a named preset's settings (``PRESETS``), any of them overridden."""
+    def preset(cls, name: str, params, **overrides):
+        """An optimizer with a named preset's settings (``PRESETS``), any of them overridden."""
         if name not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-        return cls(params, **{**PRESETS[name], **overrides})
+        factory, settings = PRESETS[name]
+        return factory(params, **{**settings, **overrides})
+
+    @property
+    def gain(self) -> float:
+        """The tonic gain ``a_t`` the next step's learning rate is multiplied by."""
+        return math.exp(self.state[GLOBAL_STATE]["dopamine"]["log_gain"])
+
+    @property
+    def current_lr(self) -> float:
+        """The first group's effective learning rate, ``lr * gain``."""
+        return self.param_groups[0]["lr"] * self.gain
 
     def _check_group(self, group) -> None:
         super()._check_group(group)
-        check_number("beta_s", group["beta_s"], low=0, high=1, high_open=True)
-        check_number("beta_lr", group["beta_lr"], low=0, high=1, high_open=True)
-        check_number("kappa", group["kappa"], low=0)
-        check_number("lr_min", group["lr_min"], low=0)
-        check_number("lr_max", group["lr_max"], low=0)
-        if group["lr_min"] > group["lr_max"]:
-            raise ValueError(f"lr_min must be <= lr_max, got lr_min={group['lr_min']} > lr_max={group['lr_max']}")
-        if group["form"] not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {group['form']!r}")
+        if not isinstance(group.get("relative"), bool):
+            raise ValueError(f"relative must be True or False, got {group.get('relative')!r}")
 
-    def _update(self, plan, delta):
-        magnitude = mean_abs(delta)
-        n = delta.numel()
+    def _check_global_state(self, saved: dict) -> None:
+        signals = saved["dopamine"]
+        if (not isinstance(signals, dict) or set(signals) != {"options", *dopamine_rules.initial_state()}
+                or not isinstance(signals["options"], dict) or set(signals["options"]) != set(SIGNAL_OPTIONS)):
+            raise ValueError(f"the state's 'dopamine' entry must hold the options {SIGNAL_OPTIONS} and the signals "
+                             f"{sorted(dopamine_rules.initial_state())}, got {signals!r:.200}")
+        check_signal_options(signals["options"])
+        dopamine_rules.check_state(signals, signals["options"]["gain_min"], signals["options"]["gain_max"])
+
+    def _update(self, plan, losses):
+        signals = self.state[GLOBAL_STATE]["dopamine"]
+        options = signals["options"]
+        delta = reward_prediction_errors(losses, plan.antithetic)
+        z = dopamine_rules.normalised_rpes(signals, delta, options["beta_rpe"])
+        gain = 1.0
+        if options["adaptive"]:
+            gain = dopamine_rules.tonic_gain(signals, float(losses[0]), options["beta_loss"], options["gain_rate"],
+                                             options["gain_min"], options["gain_max"])
+        coeffs = z / math.sqrt(z.numel())
         for group, pns in self._group_params(plan):
-            if group["form"] == "dopamine2":
-                start = group["sigma"] if group["rpe_level"] is None else group["rpe_level"]
-                group["rpe_level"] = dopamine_level(start, magnitude, group["beta_s"])
-                group["lr"] = dopamine2_lr(group["lr"], group["rpe_level"], group["beta_lr"])
-                coeffs = delta * (group["sigma"] / n)
-            else:
-                group["rpe_level"] = dopamine_level(group["rpe_level"], magnitude, group["beta_s"])
-                group["lr"] = dopamine_lr(group["lr"], group["rpe_level"], group["beta_lr"], group["kappa"],
-                                          group["lr_min"], group["lr_max"])
-                coeffs = wp_coefficients(delta, group["sigma"])
-            apply_noise_combination(plan, pns, coeffs, -group["lr"], group["max_grad_norm"])
+            scales = tuple(param_scale(pn.param) for pn in pns) if group["relative"] else None
+            apply_noise_combination(plan, pns, coeffs, -group["lr"] * gain, group["max_grad_norm"], scales)
+
+
+def param_scale(p) -> float:
+    """``max(RMS(p), MIN_PARAM_SCALE)``: a relative step moves each tensor in proportion to its own size."""
+    rms = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) / math.sqrt(max(p.numel(), 1))
+    return max(rms, MIN_PARAM_SCALE)
+
+
+def check_signal_options(options: dict) -> None:
+    """Raise ValueError naming the option unless Dopamine's signal options are valid."""
+    if not isinstance(options.get("adaptive"), bool):
+        raise ValueError(f"adaptive must be True or False, got {options.get('adaptive')!r}")
+    check_number("beta_rpe", options.get("beta_rpe"), low=0, high=1, high_open=True)
+    check_number("beta_loss", options.get("beta_loss"), low=0, high=1, high_open=True)
+    check_number("gain_rate", options.get("gain_rate"), low=0, high=10)
+    check_number("gain_min", options.get("gain_min"), low=0, low_open=True, high=1)
+    check_number("gain_max", options.get("gain_max"), low=1, high=1e6)
+
+
+# name -> (class, settings). The third-party "Dopamine-2" reimplementation's settings (docs/algorithm.md): one
+# perturbation, the unnormalised update and its learning-rate rule, sigma 1e-4 (Lorenz), betas 0.9998, eta_0 1e-2.
+PRESETS = {
+    "dopamine2": (Dopamine2, dict(lr=1e-2, sigma=1e-4, num_perturbations=1, antithetic=False, beta_s=0.9998,
+                                  beta_lr=0.9998)),
+}

@@ -33,6 +33,12 @@ class PerturbationPlan:
     num_members: int  # 1 + K: member 0 is the unperturbed model
     antithetic: bool
     params: Tuple[ParamNoise, ...]
+    members: Optional[range] = None  # the members this process evaluates (dopamine_fast.distributed); None: all
+
+    @property
+    def local_members(self) -> range:
+        """The members an evaluator of this plan computes losses for, in order."""
+        return range(self.num_members) if self.members is None else self.members
 
 
 def reward_prediction_errors(losses: torch.Tensor, antithetic: bool) -> torch.Tensor:
@@ -51,35 +57,21 @@ def wp_coefficients(delta: torch.Tensor, sigma: float) -> torch.Tensor:
     return delta / (delta.numel() * sigma)
 
 
-def dopamine_level(level: Optional[float], mean_abs_rpe: float, beta_s: float) -> float:
-    """Tonic dopamine level ``s_t = beta_s s_{t-1} + (1 - beta_s) mean|delta|``; starts at the first RPE."""
-    if level is None:
-        return mean_abs_rpe
-    return beta_s * level + (1 - beta_s) * mean_abs_rpe
-
-
-def dopamine_lr(lr: float, level: float, beta_lr: float, kappa: float, lr_min: float, lr_max: float) -> float:
-    """``eta_t = clamp(beta_lr eta_{t-1} + (1 - beta_lr) kappa s_t, lr_min, lr_max)``."""
-    return min(max(beta_lr * lr + (1 - beta_lr) * kappa * level, lr_min), lr_max)
-
-
-def dopamine2_lr(lr: float, level: float, beta_lr: float) -> float:
-    """The third-party Dopamine-2 rule ``eta_t = (1 - beta_lr) eta_{t-1} + beta_lr s_t``."""
-    return (1 - beta_lr) * lr + beta_lr * level
-
-
 def apply_noise_combination(plan: PerturbationPlan, params: Tuple[ParamNoise, ...], coeffs: torch.Tensor,
-                            alpha: float, max_norm: Optional[float] = None) -> None:
-    """``p += alpha * u_p`` with ``u_p = sum_j c_j eps_{p,j}`` for each of ``params``, the noise regenerated.
+                            alpha: float, max_norm: Optional[float] = None,
+                            scales: Optional[Tuple[float, ...]] = None) -> None:
+    """``p += alpha * scale_p * u_p`` with ``u_p = sum_j c_j eps_{p,j}`` for each of ``params``, the noise regenerated.
 
-    Without ``max_norm`` the fused op adds straight into the parameters. With it, ``u`` is first built in one
-    O(P) buffer per parameter and scaled by ``min(1, max_norm / ||u||)`` (the norm over all ``params``), as
-    ``torch.nn.utils.clip_grad_norm_`` does for back-propagated gradients.
+    ``scales`` (one per parameter, default 1) sizes each parameter's step. Without ``max_norm`` the fused op adds
+    straight into the parameters. With it, ``u`` is first built in one O(P) buffer per parameter and scaled by
+    ``min(1, max_norm / ||u||)`` (the norm over all ``params``), as ``torch.nn.utils.clip_grad_norm_`` does for
+    back-propagated gradients.
     """
+    scales = scales if scales is not None else (1.0,) * len(params)
     if max_norm is None:
-        for pn in params:
+        for pn, scale in zip(params, scales):
             c = coeffs.to(device=pn.param.device, dtype=pn.param.dtype)
-            ops.rpe_update_(pn.param.data, c, plan.seed, plan.step, pn.stream, pn.rank, alpha)
+            ops.rpe_update_(pn.param.data, c, plan.seed, plan.step, pn.stream, pn.rank, alpha * scale)
         return
     updates = []
     for pn in params:
@@ -87,9 +79,9 @@ def apply_noise_combination(plan: PerturbationPlan, params: Tuple[ParamNoise, ..
         ops.rpe_update_(u, coeffs.to(device=u.device, dtype=u.dtype), plan.seed, plan.step, pn.stream, pn.rank, 1.0)
         updates.append(u)
     norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(u) for u in updates])))
-    scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
-    for pn, u in zip(params, updates):
-        pn.param.data.add_(u, alpha=alpha * scale)
+    clip = min(1.0, max_norm / norm) if norm > 0 else 1.0
+    for pn, u, scale in zip(params, updates, scales):
+        pn.param.data.add_(u, alpha=alpha * clip * scale)
 
 
 def member_perturbations(pn: ParamNoise, plan: PerturbationPlan, first_id: int, count: int) -> torch.Tensor:
@@ -120,6 +112,5 @@ def mean_abs(delta: torch.Tensor) -> float:
     return float(delta.abs().mean()) if delta.numel() else 0.0
 
 
-__all__ = ["ParamNoise", "PerturbationPlan", "reward_prediction_errors", "wp_coefficients", "dopamine_level",
-           "dopamine_lr", "dopamine2_lr", "apply_noise_combination", "member_perturbations", "check_scalar_loss",
-           "is_finite", "mean_abs"]
+__all__ = ["ParamNoise", "PerturbationPlan", "reward_prediction_errors", "wp_coefficients", "apply_noise_combination",
+           "member_perturbations", "check_scalar_loss", "is_finite", "mean_abs"]

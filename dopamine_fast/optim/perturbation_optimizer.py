@@ -9,12 +9,22 @@ from typing import Callable, Optional
 import torch
 from torch.optim import Optimizer
 
+from ..distributed.parallel import as_parallel
 from ..ops import member_noise_ids
 from ..ops.noise import MAX_SEED
-from .functional import (ParamNoise, PerturbationPlan, check_scalar_loss, is_finite, member_perturbations,
-                         reward_prediction_errors)
+from . import divergence
+from .functional import ParamNoise, PerturbationPlan, check_scalar_loss, is_finite, member_perturbations
 
 GLOBAL_STATE = "global"
+# Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
+GLOBAL_OPTIONS = ("num_perturbations", "antithetic", "seed")
+# Members are 32-bit counter words (docs/noise.md): 1 + K must stay below 2**32.
+MAX_PERTURBATIONS = 2**32 - 2
+# A perturbation sigma * eps (|eps| < 7) this large swamps any trainable weight; the bound catches typos such as
+# 1e300, whose perturbations are inf in float32, before they turn the weights into NaN.
+MAX_SIGMA = 1e6
+# What autograd says when backward() meets a loss computed under no_grad.
+_NO_GRAPH = "does not require grad and does not have a grad_fn"
 
 
 def check_number(name: str, value, low=None, high=None, low_open=False, high_open=False, integer=False):
@@ -36,20 +46,36 @@ class PerturbationOptimizer(Optimizer):
     and never stored. ``step(closure)`` evaluates them one after the other in place (perturb, evaluate,
     restore from one O(P) copy); ``step_from_losses(losses)`` takes the M losses from a batched evaluator
     that followed ``plan()``.
+
+    Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored bit for bit before the
+    exception goes on, and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
+    construction or later) are skipped like ``torch.optim`` skips those without a gradient: never perturbed nor
+    updated, on the in-place and the batched path alike; each parameter keeps its noise stream (its position
+    among all the parameters), so freezing one changes no other's noise. Hyperparameters are checked at
+    construction, at ``load_state_dict`` (which leaves the optimizer as it was when the state is refused) and
+    again at every step; ``sigma`` must lie in (0, 1e6] and ``num_perturbations`` in [1, 2**32 - 2].
     """
 
-    def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int):
-        check_number("num_perturbations", num_perturbations, low=1, integer=True)
-        if antithetic and num_perturbations % 2:
-            raise ValueError(f"num_perturbations must be even with antithetic=True (pairs +eps, -eps), "
-                             f"got {num_perturbations}")
-        check_number("seed", seed, low=0, high=MAX_SEED, integer=True)
+    def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
+                 on_divergence: str = "warn", process_group=None):
+        _check_options(num_perturbations, antithetic, seed, on_divergence)
         super().__init__(params, defaults)
-        self.state[GLOBAL_STATE] = {"step": 0, "skipped_steps": 0, "seed": seed,
-                                    "num_perturbations": num_perturbations, "antithetic": bool(antithetic)}
+        self.state[GLOBAL_STATE] = {"optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "seed": seed,
+                                    "num_perturbations": num_perturbations, "antithetic": bool(antithetic),
+                                    "on_divergence": on_divergence, "divergence": divergence.initial_state()}
+        if not any(p.requires_grad for g in self.param_groups for p in g["params"]):
+            warnings.warn(f"{type(self).__name__}: no parameter requires grad; frozen parameters "
+                          f"(requires_grad=False) are neither perturbed nor updated, so step() changes nothing",
+                          UserWarning, stacklevel=3)
+        # Scale-out (dopamine_fast.distributed): which members or batch shard this rank evaluates; not state.
+        self._parallel = as_parallel(process_group)
 
     # -- parameters and hyperparameters ---------------------------------------------------------------------
     def add_param_group(self, param_group):
+        misplaced = [k for k in GLOBAL_OPTIONS if isinstance(param_group, dict) and k in param_group]
+        if misplaced:
+            raise ValueError(f"a param group sets {', '.join(misplaced)}, which only the whole {type(self).__name__} "
+                             f"takes: pass it to the constructor")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -62,8 +88,9 @@ class PerturbationOptimizer(Optimizer):
             raise
 
     def _check_group(self, group) -> None:
+        """Raise ValueError naming the hyperparameter unless ``group`` is valid (at construction, load and step)."""
         check_number("lr", group["lr"], low=0)
-        check_number("sigma", group["sigma"], low=0, low_open=True)
+        check_number("sigma", group["sigma"], low=0, low_open=True, high=MAX_SIGMA)
         check_number("rank", group["rank"], low=0, integer=True)
         if group["max_grad_norm"] is not None:
             check_number("max_grad_norm", group["max_grad_norm"], low=0, low_open=True)
@@ -91,12 +118,19 @@ class PerturbationOptimizer(Optimizer):
         return self.state[GLOBAL_STATE]["skipped_steps"]
 
     def plan(self) -> PerturbationPlan:
-        """The noise of the next step: seed, step, members and each parameter's stream, sigma and rank."""
+        """The noise of the next step: seed, step, members and each trained parameter's stream, sigma and rank.
+
+        The hyperparameters are checked again here, before any weight is touched: ``param_groups`` may have been
+        edited since. Frozen parameters (``requires_grad=False`` now) are left out, but keep their stream
+        numbers, so freezing one never changes the noise of the others.
+        """
         st = self.state[GLOBAL_STATE]
         params, stream = [], 0
         for group in self.param_groups:
+            self._check_group(group)
             for p in group["params"]:
-                params.append(ParamNoise(p, stream, group["sigma"], group["rank"]))
+                if p.requires_grad:
+                    params.append(ParamNoise(p, stream, group["sigma"], group["rank"]))
                 stream += 1
         return PerturbationPlan(st["seed"], st["step"], self.num_members, st["antithetic"], tuple(params))
 
@@ -109,34 +143,59 @@ class PerturbationOptimizer(Optimizer):
         Returns the unperturbed loss. The closure runs ``1 + K`` times, under ``torch.no_grad``.
         With ``population`` (a ``dopamine_fast.Population`` of the model) instead of a closure, the ``1 + K``
         members are evaluated on ``(inputs, targets)`` in one batched pass: ``population(plan(), inputs, targets)``.
+        With a ``process_group``, this rank evaluates only its share of the members (or all of them on its shard
+        of the batch) and the ranks exchange the losses (``dopamine_fast.distributed``).
         """
-        if population is not None:
-            if closure is not None:
-                raise ValueError(f"{type(self).__name__}.step takes a closure or a population, not both")
-            return self.step_from_losses(population(self.plan(), inputs, targets))
-        if closure is None:
+        if population is not None and closure is not None:
+            raise ValueError(f"{type(self).__name__}.step takes a closure or a population, not both")
+        if population is None and closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss (or population=, "
                              f"inputs=, targets=); without gradients the optimizer must evaluate the model itself")
-        return self.step_from_losses(self._evaluate_in_place(closure, self.plan()))
+        plan = local = self.plan()
+        if self._parallel is not None:  # this rank evaluates its share, then every rank holds all the losses
+            self._parallel.check_drift(self)
+            local = self._parallel.local_plan(plan)
+        if population is not None:
+            losses = population(local, inputs, targets)
+        else:
+            losses = self._evaluate_in_place(closure, local)
+        if self._parallel is not None:
+            losses = self._parallel.combine(losses, plan, targets)
+        return self.step_from_losses(losses)
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:
-        losses = torch.full((plan.num_members,), float("nan"), dtype=torch.float64)
-        losses[0] = check_scalar_loss(closure()).double()
-        if not is_finite(losses[0]):
-            return losses  # the step is skipped: no point evaluating the members
+        """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
+        members = plan.local_members
+        losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
+        if 0 in members:
+            losses[0] = self._loss_of(closure)
+            if not is_finite(losses[0]):
+                return losses  # the step is skipped: no point evaluating the members
         backup = [pn.param.detach().clone() for pn in plan.params]
         ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
         eps, eps_id = None, None
-        for m in range(1, plan.num_members):
+        for m in members[1:] if 0 in members else members:
             if int(ids[m]) != eps_id:  # an antithetic pair's two members share one draw
                 eps_id = int(ids[m])
                 eps = [member_perturbations(pn, plan, eps_id, 1)[0] for pn in plan.params]
-            for pn, e in zip(plan.params, eps):
-                pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
-            losses[m] = check_scalar_loss(closure()).double()
-            for pn, saved in zip(plan.params, backup):
-                pn.param.copy_(saved)
+            try:
+                for pn, e in zip(plan.params, eps):
+                    pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
+                losses[m - members.start] = self._loss_of(closure)
+            finally:  # whatever the closure raised (Ctrl-C included), the weights go back bit for bit
+                for pn, saved in zip(plan.params, backup):
+                    pn.param.copy_(saved)
         return losses
+
+    def _loss_of(self, closure: Callable) -> torch.Tensor:
+        try:
+            return check_scalar_loss(closure()).double()
+        except RuntimeError as err:
+            if _NO_GRAPH not in str(err):
+                raise
+            raise RuntimeError(f"the closure called backward(), but {type(self).__name__}.step runs it under "
+                               f"torch.no_grad and needs no gradients: return the loss without calling backward() "
+                               f"(autograd said: {err})") from err
 
     @torch.no_grad()
     def step_from_losses(self, losses: torch.Tensor) -> float:
@@ -152,18 +211,82 @@ class PerturbationOptimizer(Optimizer):
             warnings.warn(f"{type(self).__name__}: a non-finite loss at step {st['step']}; the step was skipped "
                           f"and the weights are unchanged ({st['skipped_steps']} skipped so far)",
                           RuntimeWarning, stacklevel=3)
-        else:
-            self._update(plan, reward_prediction_errors(losses.double(), plan.antithetic))
+        elif divergence.check(self, st["divergence"], st["on_divergence"], float(losses[0])):
+            self._update(plan, losses.double())
         st["step"] += 1
         return float(losses[0])
 
-    def _update(self, plan: PerturbationPlan, delta: torch.Tensor) -> None:
+    def _update(self, plan: PerturbationPlan, losses: torch.Tensor) -> None:
+        """Apply the step from the finite member losses [1 + K] (float64) of ``plan``."""
         raise NotImplementedError
 
     def _group_params(self, plan: PerturbationPlan):
-        """``(group, [ParamNoise of its params])`` for each param group, in order."""
-        i = 0
+        """``(group, [ParamNoise of its trained params])`` for each param group, in order."""
+        noise = {id(pn.param): pn for pn in plan.params}
         for group in self.param_groups:
-            n = len(group["params"])
-            yield group, plan.params[i:i + n]
-            i += n
+            yield group, [noise[id(p)] for p in group["params"] if id(p) in noise]
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict) -> None:
+        """Load a state saved by ``state_dict()``, after checking it as the constructor checks its arguments.
+
+        A state that fails (another optimizer class, missing or extra keys, a NaN learning rate, ...) raises
+        ValueError and leaves this optimizer as it was.
+        """
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_state_dict(self, state_dict) -> None:
+        name = type(self).__name__
+        if (not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict)
+                or not isinstance(state_dict["state"], dict)):
+            raise ValueError(f"{name}.load_state_dict expects the dict of state_dict() with 'state' and "
+                             f"'param_groups', got {type(state_dict).__name__}")
+        saved, current = state_dict["state"].get(GLOBAL_STATE), self.state[GLOBAL_STATE]
+        if not isinstance(saved, dict):
+            raise ValueError(f"the state has no {GLOBAL_STATE!r} entry: it was not saved by a perturbation optimizer")
+        if saved.get("optimizer", name) not in {cls.__name__ for cls in type(self).__mro__}:
+            raise ValueError(f"the state was saved by {saved['optimizer']}, not {name}")
+        # "optimizer" (the class that saved it) is optional: states saved before it was recorded lack it.
+        missing = sorted(set(current) - set(saved) - {"optimizer"})
+        extra = sorted(set(saved) - set(current) - {"optimizer"})
+        if missing or extra:
+            raise ValueError(f"the state does not fit {name}: missing {missing or 'nothing'}, unexpected "
+                             f"{extra or 'nothing'} (saved by another optimizer class or version?)")
+        check_number("step", saved["step"], low=0, integer=True)
+        check_number("skipped_steps", saved["skipped_steps"], low=0, high=saved["step"], integer=True)
+        if not isinstance(saved["antithetic"], bool):
+            raise ValueError(f"antithetic must be True or False, got {saved['antithetic']!r}")
+        _check_options(saved["num_perturbations"], saved["antithetic"], saved["seed"], saved["on_divergence"])
+        divergence.check_state(saved["divergence"])
+        self._check_global_state(saved)
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
+            raise ValueError(f"the state's param_groups must be a list of {len(self.param_groups)} groups like "
+                             f"{name}'s, got {groups!r:.200}")
+        for i, (group, own) in enumerate(zip(groups, self.param_groups)):
+            keys = set(own) - {"params"}
+            if not isinstance(group, dict) or not keys <= set(group):
+                raise ValueError(f"param group {i} of the state lacks {sorted(keys - set(group or ()))}")
+            misplaced = [k for k in GLOBAL_OPTIONS if k in group]
+            if misplaced:
+                raise ValueError(f"param group {i} of the state sets {', '.join(misplaced)}, options of the "
+                                 f"whole {name}")
+            try:
+                self._check_group({**group, "params": own["params"]})
+            except ValueError as err:
+                raise ValueError(f"param group {i} of the state: {err}") from None
+
+    def _check_global_state(self, saved: dict) -> None:
+        """Subclasses check their own entries of a loaded ``state["global"]`` here (ValueError naming them)."""
+
+
+def _check_options(num_perturbations, antithetic, seed, on_divergence) -> None:
+    """The options of the whole optimizer, at construction and at ``load_state_dict``."""
+    check_number("num_perturbations", num_perturbations, low=1, high=MAX_PERTURBATIONS, integer=True)
+    if antithetic and num_perturbations % 2:
+        raise ValueError(f"num_perturbations must be even with antithetic=True (pairs +eps, -eps), "
+                         f"got {num_perturbations}")
+    check_number("seed", seed, low=0, high=MAX_SEED, integer=True)
+    if on_divergence not in divergence.MODES:
+        raise ValueError(f"on_divergence must be one of {divergence.MODES}, got {on_divergence!r}")

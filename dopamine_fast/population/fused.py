@@ -1,34 +1,26 @@
-"""The fused path: an ``nn.Sequential`` of supported layers run for all members at once on the fused ops.
+"""The fused path: a model read as a graph of supported layers (graph.py), run for all members at once.
 
-The first layer reads the shared input [B, ...]; every tensor after it carries the member dimension first,
-[M, B, ...]. The ops regenerate each member's noise from the plan, so no member holds its own weights.
-Supported: ``nn.Linear`` (a directly following Tanh, ReLU or Sigmoid is fused into it), parameter-free
-elementwise activations, ``nn.Identity``, ``nn.Flatten``, ``nn.Dropout`` in eval mode, and an Elman ``nn.RNN``
-(tanh or relu, any number of layers, batch_first either way, biases or not) followed by ``LastHidden``.
+Values the graph computes are either shared, [B, ...] (nothing perturbed has touched them yet), or carry the
+member dimension first, [M, B, ...]. The ops regenerate each member's noise from the plan, so no member holds its
+own weights. Steps: ``nn.Linear`` (a directly following tanh, relu or sigmoid is fused into it), an Elman
+``nn.RNN`` read out at its final hidden state, parameter-free elementwise functions, ``nn.Flatten`` and the sum
+of two activations of one shape (a residual connection).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .. import ops
 from ..optim.functional import ParamNoise, PerturbationPlan
-from .modules import LastHidden
-
-FUSED_ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu", nn.Sigmoid: "sigmoid"}
-
-# Parameter-free modules that act on each element alone, so the member dimension in front changes nothing.
-ELEMENTWISE = frozenset({
-    nn.Identity, nn.Tanh, nn.ReLU, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU,
-    nn.Softplus, nn.Softsign, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid,
-    nn.Tanhshrink, nn.Dropout,
-})
 
 RNN_MODES = {"RNN_TANH", "RNN_RELU"}
+
+Value = Tuple[torch.Tensor, bool]  # (tensor, shared)
 
 
 class Unsupported(Exception):
@@ -55,39 +47,70 @@ class Members:
         return sigmas.pop(), (ranks.pop() if ranks else 0), [pn.stream if pn else 0 for pn in pns]
 
 
-def _shape_error(index: int, module: nn.Module, h: torch.Tensor, shared: bool, expected: str,
+def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach()  # the ops are not differentiable: no autograd history goes in
+
+
+def _shape_error(name: str, module: nn.Module, h: torch.Tensor, shared: bool, expected: str,
                  members: Members) -> ValueError:
     shape = tuple(h.shape if shared else h.shape[1:])
-    return ValueError(f"layer {index} ({module}) expects inputs of shape {expected}, got {shape}; the model's "
+    return ValueError(f"layer {name} ({module}) expects inputs of shape {expected}, got {shape}; the model's "
                       f"inputs have shape {members.inputs_shape}")
 
 
-class LinearStep:
-    def __init__(self, index: int, module: nn.Linear, activation: str):
-        self.index, self.module, self.activation = index, module, activation
+class Step:
+    """One node of the program. ``row_numel`` and ``scratch_numel`` size it per batch row for the memory budget:
+    elements of one member's output, and ``(once, per_member)`` elements its kernel holds besides its inputs and
+    output. A step that perturbs nothing keeps shared inputs shared."""
+
+    perturbs = False
+
+    def check(self, members: Members) -> None:
+        pass
+
+    def row_numel(self, inputs: Sequence[int]) -> int:
+        return inputs[0]
+
+    def scratch_numel(self, inputs: Sequence[int], threads: int) -> Tuple[int, int]:
+        return 0, 0
+
+
+class LinearStep(Step):
+    perturbs = True
+
+    def __init__(self, name: str, module: nn.Linear):
+        self.name, self.module, self.activation = name, module, "none"
 
     def check(self, members: Members) -> None:
         members.layer_noise(self.module, [self.module.weight, self.module.bias])
 
-    def __call__(self, h, shared, members):
-        m, plan = self.module, members.plan
+    def row_numel(self, inputs):
+        return inputs[0] // self.module.in_features * self.module.out_features
+
+    def scratch_numel(self, inputs, threads):
+        return self.row_numel(inputs), 0  # x W^T of a shared input, held once for all members (low rank)
+
+    def __call__(self, value: Value, members: Members) -> Value:
+        (h, shared), m, plan = value, self.module, members.plan
         if h.dim() < 1 + (not shared) or h.shape[-1] != m.in_features:
-            raise _shape_error(self.index, m, h, shared, f"[..., {m.in_features}]", members)
+            raise _shape_error(self.name, m, h, shared, f"[..., {m.in_features}]", members)
         sigma, rank, (weight_stream, bias_stream) = members.layer_noise(m, [m.weight, m.bias])
         count = plan.num_members
         lead = h.shape[:-1] if shared else h.shape[1:-1]
         # The op takes [B, in] or [M, B, in]: any further leading dimensions fold into the batch.
         x = h.reshape(-1, m.in_features) if shared else h.reshape(count, -1, m.in_features)
-        y = ops.perturbed_linear(x, m.weight, m.bias, plan.seed, plan.step, weight_stream, bias_stream, sigma,
-                                 count, rank, True, plan.antithetic, self.activation)
+        y = ops.perturbed_linear(x, m.weight.detach(), _detached(m.bias), plan.seed, plan.step, weight_stream,
+                                 bias_stream, sigma, count, rank, True, plan.antithetic, self.activation)
         return y.reshape(count, *lead, m.out_features), False
 
 
-class RNNStep:
-    """An Elman ``nn.RNN`` and the ``LastHidden`` after it: all members' final hidden states [M, B, H]."""
+class RNNStep(Step):
+    """An Elman ``nn.RNN`` read out at its final hidden state: all members' last states [M, B, H]."""
 
-    def __init__(self, index: int, module: nn.RNN):
-        self.index, self.module = index, module
+    perturbs = True
+
+    def __init__(self, name: str, module: nn.RNN):
+        self.name, self.module = name, module
 
     def layer_tensors(self, layer: int) -> List[Optional[torch.Tensor]]:
         rnn = self.module
@@ -101,43 +124,54 @@ class RNNStep:
         for layer in range(rnn.num_layers):
             members.layer_noise(rnn, self.layer_tensors(layer))
 
-    def __call__(self, h, shared, members):
-        rnn, plan = self.module, members.plan
+    def row_numel(self, inputs):
+        return self.module.hidden_size
+
+    def scratch_numel(self, inputs, threads):
+        # Each thread's input projections of a row's whole sequence (full rank), or the shared projection (low
+        # rank); every member's initial state; between stacked layers, every member's sequence of hidden states,
+        # in and out.
+        steps, hidden = inputs[0] // self.module.input_size, self.module.hidden_size
+        between = 2 * steps * hidden if self.module.num_layers > 1 else 0
+        return (threads + 1) * steps * hidden, hidden + between
+
+    def __call__(self, value: Value, members: Members) -> Value:
+        (h, shared), rnn, plan = value, self.module, members.plan
         shape = h.shape if shared else h.shape[1:]
         if len(shape) != 3 or shape[-1] != rnn.input_size:
             layout = "[batch, seq, {}]" if rnn.batch_first else "[seq, batch, {}]"
-            raise _shape_error(self.index, rnn, h, shared, layout.format(rnn.input_size), members)
+            raise _shape_error(self.name, rnn, h, shared, layout.format(rnn.input_size), members)
         x = h if rnn.batch_first else h.transpose(-3, -2)  # the op reads batch-first sequences
         for layer in range(rnn.num_layers):
             tensors = self.layer_tensors(layer)
             sigma, rank, streams = members.layer_noise(rnn, tensors)
-            x = ops.perturbed_rnn(x.contiguous(), None, *tensors, plan.seed, plan.step, streams, sigma,
-                                  plan.num_members, rank, True, plan.antithetic, rnn.nonlinearity,
+            x = ops.perturbed_rnn(x.contiguous(), None, *map(_detached, tensors), plan.seed, plan.step, streams,
+                                  sigma, plan.num_members, rank, True, plan.antithetic, rnn.nonlinearity,
                                   layer < rnn.num_layers - 1)
         return x, False
 
 
-class ElementwiseStep:
-    def __init__(self, index: int, module: nn.Module):
-        self.index, self.module = index, module
+class ElementwiseStep(Step):
+    """A parameter-free function of each element alone (a module or ``fn(h, *constants)``)."""
+
+    def __init__(self, name: str, fn: Callable, args: tuple = (), kwargs: Optional[dict] = None):
+        self.name, self.fn, self.args, self.kwargs = name, fn, args, kwargs or {}
 
     def check(self, members: Members) -> None:
-        m = self.module
-        if isinstance(m, nn.Dropout) and m.training and m.p > 0:
-            raise Unsupported(f"layer {self.index} ({m}) is in training mode (call model.eval())")
+        if isinstance(self.fn, nn.Dropout) and self.fn.training and self.fn.p > 0:
+            raise Unsupported(f"layer {self.name} ({self.fn}) is in training mode (call model.eval())")
 
-    def __call__(self, h, shared, members):
-        return self.module(h), shared
+    def __call__(self, value: Value, members: Members) -> Value:
+        h, shared = value
+        return self.fn(h, *self.args, **self.kwargs), shared
 
 
-class FlattenStep:
-    def __init__(self, index: int, module: nn.Flatten):
-        self.index, self.module = index, module
+class FlattenStep(Step):
+    def __init__(self, name: str, module: nn.Flatten):
+        self.name, self.module = name, module
 
-    def check(self, members: Members) -> None:
-        pass
-
-    def __call__(self, h, shared, members):
+    def __call__(self, value: Value, members: Members) -> Value:
+        h, shared = value
         if shared:
             return self.module(h), shared
         # Non-negative dims count from the batch dimension, which the member dimension pushed one place right.
@@ -145,69 +179,98 @@ class FlattenStep:
         return h.flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end), shared
 
 
-def _is_plain_sequential(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+class AddStep(Step):
+    """``a + b`` of two activations of one shape per member (a residual connection)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, a: Value, b: Value, members: Members) -> Value:
+        (x, x_shared), (y, y_shared) = a, b
+        x_shape, y_shape = (x.shape if x_shared else x.shape[1:]), (y.shape if y_shared else y.shape[1:])
+        if x_shape != y_shape:
+            raise ValueError(f"{self.name} adds activations of shapes {tuple(x_shape)} and {tuple(y_shape)}; the "
+                             f"fused path adds activations of one shape only (the model's inputs have shape "
+                             f"{members.inputs_shape})")
+        return x + y, x_shared and y_shared  # a shared [B, ...] broadcasts over the members' [M, B, ...]
 
 
-def _layers(module: nn.Module) -> List[nn.Module]:
-    """The layers of nested plain Sequentials in call order (a lone layer is a one-layer model)."""
-    if _is_plain_sequential(module):
-        return [layer for child in module for layer in _layers(child)]
-    return [module]
-
-
-def _check_rnn(index: int, rnn: nn.Module, following: Optional[nn.Module]) -> None:
-    if rnn.mode not in RNN_MODES:
-        raise Unsupported(f"layer {index} ({rnn}) is not an Elman RNN")
-    if rnn.bidirectional:
-        raise Unsupported(f"layer {index} ({rnn}) is bidirectional")
-    if type(following) is not LastHidden:
-        raise Unsupported(f"layer {index} ({rnn}) must be followed by dopamine_fast.LastHidden() (a readout of "
-                          f"the final hidden state)")
+@dataclass
+class Instruction:
+    step: Step
+    inputs: Tuple[int, ...]  # value slots read
+    output: int  # value slot written
+    frees: Tuple[int, ...] = ()  # slots read for the last time here
 
 
 class FusedProgram:
-    """A model compiled into fused steps; ``program(inputs, members)`` gives the outputs of all members."""
+    """A model compiled into fused steps (graph.compile); ``program(inputs, members)`` gives the outputs of all
+    members, [M, B, ...]. Slot 0 holds the inputs, ``batch_dim`` is where their batch lies (None: unknown)."""
 
-    def __init__(self, steps):
-        self.steps = steps
-
-    @classmethod
-    def compile(cls, model: nn.Module) -> "FusedProgram":
-        """Raises ``Unsupported`` naming the first layer the fused path cannot run."""
-        layers = _layers(model)
-        steps, i = [], 0
-        while i < len(layers):
-            layer = layers[i]
-            following = layers[i + 1] if i + 1 < len(layers) else None
-            kind = type(layer)
-            if kind is nn.Linear:
-                activation = FUSED_ACTIVATIONS.get(type(following))
-                steps.append(LinearStep(i, layer, activation or "none"))
-                i += 1 if activation else 0
-            elif kind is nn.RNN:
-                _check_rnn(i, layer, following)
-                steps.append(RNNStep(i, layer))
-                i += 1  # LastHidden is part of the step
-            elif kind is nn.Flatten:
-                steps.append(FlattenStep(i, layer))
-            elif kind in ELEMENTWISE:
-                steps.append(ElementwiseStep(i, layer))
-            else:
-                where = f"layer {i} " if len(layers) > 1 else ""
-                raise Unsupported(f"{where}{kind.__name__} has no fused form")
-            i += 1
-        return cls(steps)
+    def __init__(self, instructions: List[Instruction], output: int, batch_dim: Optional[int]):
+        self.instructions, self.output, self.batch_dim = instructions, output, batch_dim
+        for i, ins in enumerate(instructions):
+            later = {slot for later_ins in instructions[i + 1:] for slot in later_ins.inputs}
+            ins.frees = tuple(s for s in set(ins.inputs) if s not in later and s != output and s != 0)
 
     def check(self, members: Members) -> None:
         """Raises ``Unsupported`` when this plan or the modules' modes rule the fused path out."""
-        for step in self.steps:
-            step.check(members)
+        for ins in self.instructions:
+            ins.step.check(members)
 
-    def __call__(self, inputs: torch.Tensor, members: Members) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, members: Members, max_rows: Optional[int] = None) -> torch.Tensor:
+        """All members' outputs; with ``max_rows``, computed for at most that many batch rows at a time."""
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
-        h, shared = inputs, True
-        for step in self.steps:
-            h, shared = step(h, shared, members)
-        return h
+        rows = self.rows(inputs)
+        if max_rows is None or self.batch_dim is None or rows <= max_rows:
+            return self._run(inputs, members)
+        # Each row's outputs depend on that row alone, so row chunks give the same outputs, side by side.
+        outputs = None
+        for r0 in range(0, rows, max_rows):
+            count = min(max_rows, rows - r0)
+            chunk = self._run(inputs.narrow(self.batch_dim, r0, count), members)
+            if outputs is None:
+                outputs = chunk.new_empty(chunk.shape[0], rows, *chunk.shape[2:])
+            outputs.narrow(1, r0, count).copy_(chunk)
+        return outputs
+
+    def rows(self, inputs: torch.Tensor) -> int:
+        """The batch size of ``inputs`` (1 where the program cannot tell where the batch lies)."""
+        if self.batch_dim is None or inputs.dim() <= self.batch_dim:
+            return 1
+        return inputs.shape[self.batch_dim]
+
+    def _run(self, inputs: torch.Tensor, members: Members) -> torch.Tensor:
+        values: Dict[int, Value] = {0: (inputs, True)}
+        for ins in self.instructions:
+            values[ins.output] = ins.step(*[values[s] for s in ins.inputs], members)
+            for slot in ins.frees:
+                del values[slot]  # the next steps' activations replace it, never sit beside it
+        h, shared = values[self.output]
+        return h.expand(members.plan.num_members, *h.shape) if shared else h
+
+    def bytes_per_row(self, inputs: torch.Tensor, num_members: int, itemsize: int, threads: int) -> int:
+        """Most memory one batch row takes at any point of a run: live activations plus the kernels' scratch."""
+        rows = max(1, self.rows(inputs))
+        numel: Dict[int, int] = {0: inputs.numel() // rows}
+        shared: Dict[int, bool] = {0: True}
+        live, peak = {0}, 0
+        for ins in self.instructions:
+            in_numel = [numel[s] for s in ins.inputs]
+            numel[ins.output] = ins.step.row_numel(in_numel)
+            shared[ins.output] = not ins.step.perturbs and all(shared[s] for s in ins.inputs)
+            once, per_member = ins.step.scratch_numel(in_numel, threads)
+            live.add(ins.output)
+            held = sum(numel[s] * (1 if shared[s] else num_members) for s in live - {0})
+            peak = max(peak, held + once + per_member * num_members)
+            live -= set(ins.frees)
+        return peak * itemsize
+
+    def output_numel_per_row(self, inputs: torch.Tensor, num_members: int) -> int:
+        """Elements of every member's outputs per batch row (what row chunks leave side by side)."""
+        rows = max(1, self.rows(inputs))
+        numel = {0: inputs.numel() // rows}
+        for ins in self.instructions:
+            numel[ins.output] = ins.step.row_numel([numel[s] for s in ins.inputs])
+        return numel[self.output] * num_members

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops
 from ..optim.functional import ParamNoise, PerturbationPlan, member_perturbations
@@ -32,31 +33,62 @@ def member_parameters(pn: ParamNoise, plan: PerturbationPlan, ids: torch.Tensor,
     return eps.mul_(scale).add_(p)
 
 
+class CreatedBytes(TorchDispatchMode):
+    """Bytes of every new tensor the ops inside create (views and in-place results excluded): an upper bound on
+    what they hold at once, since it ignores what they free along the way."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__()
+        self.enabled, self.bytes = enabled, 0
+
+    def __enter__(self):
+        return super().__enter__() if self.enabled else self
+
+    def __exit__(self, *exc):
+        return super().__exit__(*exc) if self.enabled else None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(a) for a in args if isinstance(a, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and not t._is_view() and id(t) not in inputs:
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
 class GenericPath:
-    """Evaluates a model's members in chunks of ``chunk_size`` (None: as many as fit in DEFAULT_CHUNK_BYTES).
+    """Evaluates a model's members in chunks of ``chunk_size`` (None: as many as fit in DEFAULT_CHUNK_BYTES, or,
+    with ``max_memory``, as many as fit in that budget: the first member alone, measured, sizes the chunks).
 
     Modules that ``vmap`` cannot batch (``nn.LSTM``, for one) are evaluated member by member within each chunk,
     with a one-time warning; the result is the same.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: Optional[int]):
+    def __init__(self, model: nn.Module, chunk_size: Optional[int], max_memory: Optional[int] = None):
         self.model = model
         self.chunk_size = chunk_size
+        self.max_memory = max_memory
         self.batches_with_vmap = True
 
     def __call__(self, plan: PerturbationPlan, noise: Dict[int, ParamNoise], inputs, targets,
                  loss_fn: Callable) -> torch.Tensor:
         perturbed = [(name, noise[id(p)]) for name, p in self.model.named_parameters() if id(p) in noise]
         ids, signs = ops.member_noise_ids(plan.num_members, True, plan.antithetic)
-        size = self.chunk_size or max(1, DEFAULT_CHUNK_BYTES // max(
-            1, sum(pn.param.numel() * pn.param.element_size() for _, pn in perturbed)))
+        param_bytes = sum(pn.param.numel() * pn.param.element_size() for _, pn in perturbed)
+        size = self.chunk_size or (None if self.max_memory else max(1, DEFAULT_CHUNK_BYTES // max(1, param_bytes)))
         losses = []
-        for m0 in range(0, plan.num_members, size):
-            m1 = min(plan.num_members, m0 + size)
+        members = plan.local_members  # all members, or this rank's share (dopamine_fast.distributed)
+        m0 = members.start
+        while m0 < members.stop:
+            m1 = min(members.stop, m0 + (size or 1))
             params = {name: member_parameters(pn, plan, ids[m0:m1], signs[m0:m1]) for name, pn in perturbed}
-            outputs = self._forward(params, inputs, m1 - m0)
-            losses.append(member_losses(loss_fn, outputs, targets, m1 - m0))
+            with CreatedBytes(enabled=size is None) as probe:
+                outputs = self._forward(params, inputs, m1 - m0)
+                losses.append(member_losses(loss_fn, outputs, targets, m1 - m0))
+            if size is None:  # one member's activations measured: as many members as the budget holds
+                size = max(1, self.max_memory // max(1, param_bytes + probe.bytes))
             del params, outputs  # the next chunk's parameters replace these, never sit beside them
+            m0 = m1
         return torch.cat(losses)
 
     def _forward(self, params: Dict[str, torch.Tensor], inputs, count: int):
@@ -64,10 +96,14 @@ class GenericPath:
             return functional_call(self.model, member_params, (inputs,))
 
         if self.batches_with_vmap:
+            # A failed attempt may have updated buffers before failing (BatchNorm's num_batches_tracked): undo it.
+            buffers = [(b, b.clone()) for b in self.model.buffers()]
             try:
                 return vmap(call, randomness="different")(params)
             except Exception as err:  # noqa: BLE001  (the loop below tells vmap's limits from the model's errors)
                 vmap_error = err
+                for b, saved in buffers:
+                    b.copy_(saved)
         try:
             outputs = torch.stack([call({name: p[k] for name, p in params.items()}) for k in range(count)])
         except (RuntimeError, ValueError) as err:
@@ -78,5 +114,5 @@ class GenericPath:
             reason = str(vmap_error).strip().splitlines()[0]
             warnings.warn(f"dopamine_fast.Population: torch.func.vmap cannot batch {type(self.model).__name__} "
                           f"({reason}); its members are evaluated one at a time within each chunk",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=5)
         return outputs

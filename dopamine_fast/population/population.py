@@ -11,6 +11,7 @@ from torch import nn
 from ..optim.functional import ParamNoise, PerturbationPlan
 from .fused import FusedProgram, Members, Unsupported
 from .generic import GenericPath
+from .graph import compile_model, unwrap
 from .losses import LossSpec, member_losses, resolve
 
 
@@ -27,10 +28,12 @@ class Population:
 
     Two paths, the same numbers:
 
-    - **fused**: a plain ``nn.Sequential`` (or a lone layer) of ``nn.Linear``, elementwise activations,
-      ``nn.Identity``, ``nn.Flatten``, ``nn.Dropout`` in eval mode, and Elman ``nn.RNN`` layers each followed
-      by ``LastHidden()``, e.g. ``nn.Sequential(nn.RNN(3, 64, batch_first=True), LastHidden(), nn.Linear(64, 3))``.
-      It runs on the fused ops: activations are [M, B, features], parameters are never copied per member.
+    - **fused**: any module (``nn.Sequential``, a custom ``forward``, a ``torch.compile``d model) whose graph,
+      as torch.fx traces it, is built from ``nn.Linear``, Elman ``nn.RNN`` layers read out at their final hidden
+      state (``LastHidden()``, ``h_n[-1]`` or ``output[:, -1]``), elementwise activations (modules, ``torch.*``,
+      ``F.*``), ``nn.Identity``, ``nn.Flatten``, ``nn.Dropout`` in eval mode and residual sums of activations,
+      e.g. ``nn.Sequential(nn.RNN(3, 64, batch_first=True), LastHidden(), nn.Linear(64, 3))``. It runs on the
+      fused ops: activations are [M, B, features], parameters are never copied per member.
     - **generic**: any other module, through ``torch.func.functional_call`` + ``vmap`` over chunks of
       ``chunk_size`` members; only one chunk of perturbed parameters exists at a time.
 
@@ -43,10 +46,15 @@ class Population:
             generic path; True demands the fused path (raises when it cannot run); False always takes the
             generic path.
         chunk_size: members per chunk on the generic path (None: as many as fit in 256 MiB of parameters).
+        max_memory: a budget in bytes for what one evaluation allocates beyond the model and its inputs
+            (activations, kernel scratch, a chunk's perturbed parameters): the fused path evaluates the batch in
+            chunks of rows, the generic path the members in chunks, sized from the layers' shapes (fused) or a
+            one-member probe (generic), with the same losses. At least one row or member is evaluated at a time,
+            so a budget below that is exceeded. None: no budget.
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec = "mse", *, fused: Optional[bool] = None,
-                 chunk_size: Optional[int] = None):
+                 chunk_size: Optional[int] = None, max_memory: Optional[int] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not any(p.requires_grad for p in model.parameters()):
@@ -57,38 +65,66 @@ class Population:
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int)
+                                       or max_memory < 1):
+            raise ValueError(f"max_memory must be None or a number of bytes >= 1, got {max_memory!r}")
+        if max_memory is not None and chunk_size is not None:
+            raise ValueError("give chunk_size or max_memory, not both: both set how many members a chunk holds")
         self.model = model
         self.loss_fn = resolve(loss)
         self.fused = fused
-        self.generic = GenericPath(model, chunk_size)
+        self.max_memory = max_memory
+        self.generic = GenericPath(unwrap(model), chunk_size, max_memory)
         self.last_path: Optional[str] = None  # "fused" or "generic": the path the latest call took
         self._program: Optional[FusedProgram] = None
         self._off_reason: Optional[str] = "fused=False"  # why the fused path never runs, if it never does
         self._announced = set()
         if fused is not False:
             try:
-                self._program, self._off_reason = FusedProgram.compile(model), None
+                self._program, self._off_reason = compile_model(unwrap(model)), None
             except Unsupported as why:
                 if fused:
                     raise ValueError(f"fused=True, but the fused path cannot run {type(model).__name__}: "
                                      f"{why}") from None
                 self._off_reason = str(why)
+                self._announce(self._off_reason, stacklevel=3)  # at the user's Population(...) line
 
     @torch.no_grad()
     def __call__(self, plan: PerturbationPlan, inputs, targets) -> torch.Tensor:
-        """The losses of the plan's ``plan.num_members`` members on ``(inputs, targets)``: [1 + K]."""
+        """The losses of the plan's members on ``(inputs, targets)``: [1 + K], or [len(plan.members)] for a
+        plan restricted to one rank's share (``dopamine_fast.distributed``)."""
         noise = self._noise_of(plan)
+        if not plan.local_members:  # more ranks than members: this one has none to evaluate
+            return next(self.model.parameters()).new_empty(0)
         members = Members(plan, noise, tuple(getattr(inputs, "shape", ())))
         reason = self._fused_blocker(members)
         if reason is None:
             self.last_path = "fused"
-            return member_losses(self.loss_fn, self._program(inputs, members), targets, plan.num_members)
-        if self.fused is None and reason not in self._announced:
-            self._announced.add(reason)
-            warnings.warn(f"dopamine_fast.Population: {reason}; {type(self.model).__name__} is evaluated on the "
-                          f"generic path (torch.func.vmap over members)", UserWarning, stacklevel=3)
+            outputs = self._program(inputs, members, self._max_rows(inputs, plan))
+            return member_losses(self.loss_fn, outputs, targets, plan.num_members)
+        if self.fused is None:
+            self._announce(reason, stacklevel=4)
         self.last_path = "generic"
         return self.generic(plan, noise, inputs, targets, self.loss_fn)
+
+    def _announce(self, reason: str, stacklevel: int) -> None:
+        """Warns once per reason that the model takes the generic path."""
+        if reason in self._announced:
+            return
+        self._announced.add(reason)
+        warnings.warn(f"dopamine_fast.Population: {reason}; {type(self.model).__name__} is evaluated on the generic "
+                      f"path (torch.func.vmap over members)", UserWarning, stacklevel=stacklevel)
+
+    def _max_rows(self, inputs: torch.Tensor, plan: PerturbationPlan) -> Optional[int]:
+        """Batch rows per chunk that keep the fused path within ``max_memory`` (None: all at once)."""
+        if self.max_memory is None or not isinstance(inputs, torch.Tensor):
+            return None
+        itemsize = 8 if any(pn.param.dtype == torch.float64 for pn in plan.params) else 4  # the ops' compute dtype
+        per_row = self._program.bytes_per_row(inputs, plan.num_members, itemsize, torch.get_num_threads())
+        # Row chunks' outputs sit side by side until the loss, which makes a temporary of their size (the built-in
+        # losses make one): that much of the budget is not the chunks'.
+        outputs = self._program.output_numel_per_row(inputs, plan.num_members) * itemsize * self._program.rows(inputs)
+        return max(1, (self.max_memory - 2 * outputs) // max(1, per_row))
 
     def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
         """Each model parameter's noise in the plan, by identity: the optimizer's streams, sigmas and ranks."""
@@ -106,7 +142,12 @@ class Population:
         """None when this call runs on the fused path, else why not (raises if the user demanded it)."""
         if self._program is None:
             return self._off_reason
+        plan = members.plan
         try:
+            if plan.local_members != range(plan.num_members):
+                raise Unsupported(f"this process evaluates members {plan.local_members.start}.."
+                                  f"{plan.local_members.stop - 1} of {plan.num_members} only (member parallelism), "
+                                  f"and the fused ops have no first-member offset")
             self._program.check(members)
         except Unsupported as why:
             if self.fused:

@@ -11,8 +11,9 @@ from torch import nn
 class Task:
     """A supervised task with a fixed train and test set, trained on mean squared error.
 
-    Subclasses set the four tensors and implement ``build_model`` and ``evaluate``. ``test_error`` is the one
+    Subclasses set the six tensors and implement ``build_model`` and ``evaluate``. ``test_error`` is the one
     number runs are compared on (lower is better); a run has *reached* the task when it is ``<= threshold``.
+    Hyper-parameters are chosen on the validation split (``validation_error``), never on the test split.
     """
 
     name: str
@@ -22,6 +23,8 @@ class Task:
     error_name: str  # what test_error is, for tables and plots
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
 
@@ -32,6 +35,10 @@ class Task:
         """Test metrics of ``model``, including ``test_error``."""
         raise NotImplementedError
 
+    def validation_error(self, model: nn.Module) -> float:
+        """The ``test_error`` metric on the validation split."""
+        raise NotImplementedError
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.mean((model(x) - y) ** 2)
 
@@ -40,7 +47,7 @@ class Task:
         return self.x_train.shape[0]
 
     def to(self, device) -> "Task":
-        for attr in ("x_train", "y_train", "x_test", "y_test"):
+        for attr in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
             setattr(self, attr, getattr(self, attr).to(device))
         return self
 
@@ -49,5 +56,6 @@ class Task:
         return self.x_train.device
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.num_train} train / {self.x_test.shape[0]} test samples, "
+        return (f"{self.name}: {self.num_train} train / {self.x_val.shape[0]} validation / {self.x_test.shape[0]} "
+                f"test samples, "
                 f"input {tuple(self.x_train.shape[1:])}, target {tuple(self.y_train.shape[1:])}")

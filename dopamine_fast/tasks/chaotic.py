@@ -1,7 +1,7 @@
 """Chaotic time-series forecasting: Lorenz, Rössler and Mackey-Glass, generated in code.
 
 A trajectory of ``length`` samples (after a burn-in that forgets the initial condition) is z-scored with the
-statistics of its first ``train_fraction`` (the training part only, so nothing leaks from the test part), cut
+statistics of its first ``train_fraction`` (training and validation parts, so nothing leaks from the test part), cut
 into look-back windows with one-step-ahead targets, and split chronologically: every test target comes after
 every training target. Integration runs on Python floats: the state is 1-3 numbers, where numpy or torch
 per-step overhead would dominate.
@@ -122,16 +122,19 @@ class ForecastTask(Task):
     family = "chaotic"
     error_name = "test NRMSE"
 
-    def __init__(self, name: str, series: np.ndarray, lookback: int, train_fraction: float, horizon: int,
-                 rollouts: int, hidden: int, threshold: Optional[float]):
+    def __init__(self, name: str, series: np.ndarray, lookback: int, train_fraction: float, val_fraction: float,
+                 horizon: int, rollouts: int, hidden: int, threshold: Optional[float]):
         self.name = name
         self.lookback, self.horizon, self.default_hidden = lookback, horizon, hidden
         self.split = int(train_fraction * series.shape[0])
+        # The last val_fraction of the series before the test part validates: train | validation | test in time.
+        self.val_split = self.split - int(val_fraction * series.shape[0])
         raw = torch.tensor(series, dtype=torch.float64)
         train_part = raw[: self.split]
         self.mean, self.std = train_part.mean(0), train_part.std(0)
         self.series = ((raw - self.mean) / self.std).to(torch.float32)  # z-scored with training statistics
-        self.x_train, self.y_train = windows(self.series[: self.split], lookback)
+        self.x_train, self.y_train = windows(self.series[: self.val_split], lookback)
+        self.x_val, self.y_val = windows(self.series[self.val_split - lookback: self.split], lookback)
         self.x_test, self.y_test = windows(self.series[self.split - lookback:], lookback)
         self.target_variance = self.y_test.var(0)
         # Free-running forecasts start at evenly spaced test points and need `horizon` true values after them.
@@ -173,13 +176,18 @@ class ForecastTask(Task):
         return {"test_error": nrmse, "test_mse": float(torch.mean((pred - self.y_test) ** 2)), "nrmse": nrmse,
                 "free_run_nrmse": _nrmse(free_pred, free_truth, self.target_variance)}
 
+    @torch.no_grad()
+    def validation_error(self, model) -> float:
+        return _nrmse(model(self.x_val), self.y_val, self.y_val.var(0))
+
     def describe(self) -> str:
         return (super().describe() + f", look-back {self.lookback}, free run {self.horizon} steps from "
                 f"{len(self.rollout_starts)} starts, persistence NRMSE {self.persistence_nrmse:.4g}")
 
 
 def forecast_task(system: str, length: int = 5000, lookback: int = 32, train_fraction: float = 0.8,
-                  horizon: int = 50, rollouts: int = 8, hidden: int = 512, threshold: Optional[float] = None,
+                  val_fraction: float = 0.1, horizon: int = 50, rollouts: int = 8, hidden: int = 512,
+                  threshold: Optional[float] = None,
                   **system_options) -> ForecastTask:
     """A forecasting task on ``system`` (one of ``GENERATORS``); sizes are checked before anything is integrated."""
     if system not in GENERATORS:
@@ -188,12 +196,16 @@ def forecast_task(system: str, length: int = 5000, lookback: int = 32, train_fra
         raise ValueError(f"lookback, horizon and rollouts must be >= 1, got {lookback}, {horizon}, {rollouts}")
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if not 0 <= val_fraction < train_fraction:
+        raise ValueError(f"val_fraction must be in [0, train_fraction), got {val_fraction}")
     split = int(train_fraction * length)
-    if split - lookback < 2:
-        raise ValueError(f"length {length} leaves {split} training samples: fewer than lookback ({lookback}) + 2")
+    train_end = split - int(val_fraction * length)
+    if train_end - lookback < 2 or split - train_end < 1:
+        raise ValueError(f"length {length} leaves {train_end} training and {split - train_end} validation samples: "
+                         f"need more than lookback ({lookback}) + 2 and at least 1")
     if length - split < horizon:
         raise ValueError(f"length {length} leaves {length - split} test samples: fewer than horizon ({horizon})")
     series = GENERATORS[system](length=length, **system_options)
     if not np.isfinite(series).all():
         raise ValueError(f"the {system} trajectory diverged with options {system_options}")
-    return ForecastTask(system, series, lookback, train_fraction, horizon, rollouts, hidden, threshold)
+    return ForecastTask(system, series, lookback, train_fraction, val_fraction, horizon, rollouts, hidden, threshold)

@@ -1,0 +1,153 @@
+"""Defaults, where users try them first: each case over 20 seeds with the optimizer's defaults, no tuning.
+
+    python bench/bench_defaults.py --threads 1                  # writes bench/results/defaults_cpu/
+    python bench/bench_defaults.py --seeds 3 --out /tmp/defaults  # a quick check
+
+A seed *diverged* when its last loss is not finite, above its first, or the divergence guard fired; *trained* when
+its last loss is below half its first. Cases: the README's two snippets, XOR 2-2-1 and 2-8-1, two moons with
+cross-entropy, and the five built-in tasks at their family defaults (``dopamine-fast train``'s), all with Dopamine
+and, beside it, WeightPerturbation's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dopamine_fast as df  # noqa: E402
+from dopamine_fast.experiments import hparams_for, train  # noqa: E402
+from dopamine_fast.experiments.report import format_table, write_csv  # noqa: E402
+from dopamine_fast.tasks import get_task  # noqa: E402
+from dopamine_fast.tasks.moons import two_moons  # noqa: E402
+
+XOR_X = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+XOR_Y = torch.tensor([[-1.0], [1.0], [1.0], [-1.0]])
+
+
+def closure_run(cls, model, loss_fn, steps, seed):
+    opt = cls(model.parameters(), seed=seed)
+    return [opt.step(lambda: loss_fn(model)) for _ in range(steps)]
+
+
+def xor_case(hidden, final_tanh):
+    def run(cls, seed):
+        torch.manual_seed(seed)
+        layers = [nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1)] + ([nn.Tanh()] if final_tanh else [])
+        return closure_run(cls, nn.Sequential(*layers), lambda m: ((m(XOR_X) - XOR_Y) ** 2).mean(), 300, seed)
+    return run
+
+
+def moons_run(cls, seed):
+    torch.manual_seed(seed)
+    x, y = two_moons(256, seed)
+    model = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))
+    return closure_run(cls, model, lambda m: nn.functional.cross_entropy(m(x), y), 300, seed)
+
+
+def readme_rnn_run(cls, seed):
+    """The README's fast-path snippet: an Elman RNN, 128 perturbations of rank 4, one batched pass per step."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.RNN(3, 64, batch_first=True), df.LastHidden(), nn.Linear(64, 3))
+    opt = cls(model.parameters(), num_perturbations=128, rank=4, seed=seed)
+    pop = df.Population(model, loss="mse")
+    x = torch.randn(64, 16, 3)
+    y = 3 * x.mean(1)
+    return [opt.step(population=pop, inputs=x, targets=y) for _ in range(40)]
+
+
+def task_case(name, steps, hidden, batch_size):
+    def run(cls, seed):
+        task = get_task(name)
+        opt = "dopamine" if cls is df.Dopamine else "wp"
+        r = train(task, opt, hparams_for(task.family, opt), steps=steps, seed=seed, hidden=hidden,
+                  batch_size=batch_size, log_points=steps)
+        return [row["train_loss"] for row in r.curve]
+    return run
+
+
+CASES = {
+    "readme_drop_in_xor_2-8-1": xor_case(8, False),
+    "readme_fast_path_rnn": readme_rnn_run,
+    "xor_2-2-1": xor_case(2, True),
+    "xor_2-8-1": xor_case(8, True),
+    "two_moons_ce": moons_run,
+    "task_xor": task_case("xor", 300, None, 0),
+    "task_noisy_xor": task_case("noisy_xor", 300, None, 0),
+    "task_lorenz": task_case("lorenz", 60, 32, 128),
+    "task_rossler": task_case("rossler", 60, 32, 128),
+    "task_mackey_glass": task_case("mackey_glass", 60, 32, 128),
+}
+
+
+def run_case(case, cls, seeds, threads):
+    """One case with one optimizer over ``seeds`` seeds: its rows and its summary row."""
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    rows, firsts, lasts, trained, diverged = [], [], [], 0, 0
+    for seed in range(seeds):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = CASES[case](cls, seed)
+        guard = any("best seen" in str(w.message) for w in caught)
+        first, last = float(losses[0]), float(losses[-1])
+        bad = guard or not math.isfinite(last) or last > first
+        diverged += bad
+        trained += (not bad) and last < 0.5 * first
+        firsts.append(first)
+        lasts.append(last)
+        rows.append({"case": case, "optimizer": cls.__name__, "seed": seed, "first_loss": first, "last_loss": last,
+                     "guard_fired": guard, "diverged": bad})
+    summary = {"case": case, "optimizer": cls.__name__, "seeds": seeds, "median first loss": statistics.median(firsts),
+               "median last loss": statistics.median(lasts), "max last loss": max(lasts),
+               "trained (last < first / 2)": trained, "diverged": diverged, "s": round(time.perf_counter() - start, 1)}
+    print(format_table([summary], list(summary)), flush=True)
+    return rows, summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--cases", help=f"comma-separated (default all: {', '.join(CASES)})")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--jobs", type=int, default=1, help="cases run in this many processes at once")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "defaults_cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = args.cases.split(",") if args.cases else list(CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or args.seeds < 1 or args.jobs < 1:
+        parser.error(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}; --seeds and --jobs must be >= 1")
+    pairs = [(case, cls, args.seeds, args.threads) for case in cases for cls in (df.Dopamine, df.WeightPerturbation)]
+    if args.jobs > 1:
+        import multiprocessing
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            done = pool.starmap(run_case, pairs, chunksize=1)
+    else:
+        done = [run_case(*pair) for pair in pairs]
+    rows = [row for case_rows, _ in done for row in case_rows]
+    summary = [case_summary for _, case_summary in done]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, args.out / "defaults_runs.csv")
+    write_csv(summary, args.out / "defaults_summary.csv")
+    table = format_table(summary, list(summary[0]))
+    (args.out / "defaults_summary.md").write_text(
+        f"# Defaults over {args.seeds} seeds\n\n`python bench/bench_defaults.py {' '.join(argv or sys.argv[1:])}`"
+        f"\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

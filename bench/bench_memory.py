@@ -1,0 +1,151 @@
+"""Peak memory of one training step at the paper's RNN size: Dopamine through ``opt.step(population=...)`` against
+one Adam step with back-propagation through time, measured side by side in one process with one meter.
+
+The model is the paper's forecaster, ``nn.RNN(3, 512)`` + ``LastHidden`` + ``nn.Linear(512, 3)``, on 4000 windows
+of 32 steps (the full training set as one batch). Each row is the growth of the process's resident set during
+one step above what was live before it (``common.peak_memory_mb``: the kernel's high-water mark, reset just before
+the step): activations and temporaries of the step; for Adam also its gradients. Each Dopamine case runs once after
+a small warm-up step (thread pools, lazy state), since one step at this size takes tens of seconds to minutes on
+two cores; Adam's step is cheap and its peak varies from run to run (the allocator), so it runs ``--bptt-repeats``
+times and the median counts.
+Dopamine runs at K = 16 and K = 256, without and with ``Population(max_memory=...)`` (the budget is
+``--budget-fraction`` of Adam's measured peak). Writes ``memory_cpu.csv`` and ``memory_cpu.md``.
+
+    python bench/bench_memory.py [--quick] [--ks 16,256] [--rank 0] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import common
+import dopamine_fast as df
+from dopamine_fast.tasks.models import ElmanForecaster
+
+TARGET = 0.25  # the paper's claim: at most a quarter of back-propagation's memory
+SIZES = {"paper": dict(hidden=512, windows=4000, steps=32, inputs=3), "quick": dict(hidden=64, windows=200, steps=8,
+                                                                                     inputs=3)}
+COLUMNS = ["method", "K", "rank", "max_memory_mb", "peak_mb", "ratio_to_bptt", "time_s", "hidden", "windows",
+           "steps", "threads"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for smoke runs")
+    parser.add_argument("--ks", default="16,256", help="comma-separated numbers of perturbations K")
+    parser.add_argument("--rank", type=int, default=0, help="noise rank of the Dopamine runs (0: full rank)")
+    parser.add_argument("--budget-fraction", type=float, default=0.2,
+                        help="max_memory of the budgeted runs as a fraction of Adam/BPTT's measured peak")
+    parser.add_argument("--bptt-repeats", type=int, default=3, help="Adam/BPTT steps measured (the median counts)")
+    parser.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="folder for the results")
+    return parser.parse_args()
+
+
+def data(size: dict):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(size["windows"], size["steps"], size["inputs"], generator=g)
+    return x, torch.randn(size["windows"], size["inputs"], generator=g)
+
+
+def model_of(size: dict) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ElmanForecaster(size["inputs"], size["hidden"])  # parameters require grad, as every module's do
+
+
+def bptt_step(size: dict, x: torch.Tensor, y: torch.Tensor):
+    model = model_of(size)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def dopamine_step(size: dict, x, y, k: int, rank: int, max_memory):
+    model = model_of(size)
+    opt = df.Dopamine(model.parameters(), num_perturbations=k, rank=rank)
+    pop = df.Population(model, "mse", max_memory=max_memory)
+
+    def step():
+        opt.step(population=pop, inputs=x, targets=y)
+        assert pop.last_path == "fused"
+
+    return step
+
+
+def measure(make_step, x, y):
+    """Peak MiB and seconds of one step, after a warm-up step on a few windows."""
+    make_step(x[:8], y[:8])()
+    step = make_step(x, y)
+    t0 = time.perf_counter()
+    peak = common.peak_memory_mb(step, torch.device("cpu"))
+    return peak, time.perf_counter() - t0
+
+
+def main():
+    args = parse_args()
+    size = SIZES["quick" if args.quick else "paper"]
+    x, y = data(size)
+    ks = [int(k) for k in args.ks.split(",")]
+    threads = torch.get_num_threads()
+    rows = []
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "memory_cpu_quick" if args.quick else "memory_cpu"
+
+    def record(method, k, max_memory, peak, seconds, bptt_peak):
+        row = dict(method=method, K=k, rank=args.rank if k else "", peak_mb=round(peak, 1),
+                   max_memory_mb=round(max_memory / 2**20, 1) if max_memory else "",
+                   ratio_to_bptt=round(peak / bptt_peak, 3), time_s=round(seconds, 2), threads=threads, **{
+                       key: size[key] for key in ("hidden", "windows", "steps")})
+        rows.append(row)
+        print(row, flush=True)
+        write(out, name, rows, size, threads, bptt)  # after every row: a long run leaves what it measured
+
+    bptt = sorted(measure(lambda xs, ys: bptt_step(size, xs, ys), x, y) for _ in range(args.bptt_repeats))
+    bptt_peak, seconds = bptt[len(bptt) // 2]
+    print(f"Adam/BPTT peaks (MiB): {[round(p, 1) for p, _ in bptt]}", flush=True)
+    record("adam_bptt", "", None, bptt_peak, seconds, bptt_peak)
+    budget = int(args.budget_fraction * bptt_peak * 2**20)
+    for k in ks:
+        for max_memory in (budget, None):
+            peak, seconds = measure(lambda xs, ys: dopamine_step(size, xs, ys, k, args.rank, max_memory), x, y)
+            record("dopamine", k, max_memory, peak, seconds, bptt_peak)
+    print(f"wrote {out / name}.csv and .md")
+
+
+def write(out: Path, name: str, rows, size, threads, bptt) -> None:
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / f"{name}.md").write_text(table(rows, size, threads, [round(p, 1) for p, _ in bptt]))
+
+
+def table(rows, size, threads, bptt_peaks) -> str:
+    lines = [f"# Peak memory of one training step (CPU, {threads} threads)", "",
+             f"RNN {size['inputs']} -> {size['hidden']} (tanh) + LastHidden + Linear -> {size['inputs']}, "
+             f"{size['windows']} windows x {size['steps']} steps in one batch, float32. Peak growth of the resident "
+             f"set during one step (`python bench/bench_memory.py`); target: Dopamine <= {TARGET} x Adam/BPTT. "
+             f"Adam/BPTT: the median of {len(bptt_peaks)} steps (peaks {bptt_peaks} MiB).", "",
+             "| method | K | rank | max_memory (MiB) | peak (MiB) | / BPTT | meets target | step (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        meets = "" if r["method"] == "adam_bptt" else ("yes" if r["ratio_to_bptt"] <= TARGET else "no")
+        lines.append(f"| {r['method']} | {r['K']} | {r['rank']} | {r['max_memory_mb']} | {r['peak_mb']} | "
+                     f"{r['ratio_to_bptt']} | {meets} | {r['time_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

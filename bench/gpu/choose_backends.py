@@ -1,0 +1,70 @@
+"""Which of two backends is faster per op, from the op benchmarks' CSV files: the registry's preference on a card.
+
+For every op benchmark (noise, perturbed_linear, perturbed_rnn, rpe_update) and the population benchmark (the
+whole fused path, by rank), the cases both backends ran are paired (same sizes, same rank) and the ratio of their
+median times taken; the geometric mean over the cases, and how many each won, go to ``backend_choice.csv``.
+``bench/results/gpu/README.md`` records the numbers behind the registry's order.
+
+    python bench/gpu/choose_backends.py --out DIR [--backends cuda,triton]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+# bench CSV -> (op it times, columns that name a case)
+SOURCES = {
+    "noise": ("noise_", ["num_ids", "numel"]),
+    "perturbed_linear": ("perturbed_linear", ["in_features", "out_features", "batch", "K", "rank"]),
+    "perturbed_rnn": ("perturbed_rnn", ["hidden", "steps", "batch", "K", "rank"]),
+    "rpe_update": ("rpe_update_", ["rows", "cols", "K", "rank"]),
+    "population": ("population (whole fused path)", ["model", "batch", "K", "rank"]),
+}
+
+
+def compare(path: Path, keys, first: str, second: str):
+    """``[(case, first's seconds, second's seconds)]`` over the cases both ran."""
+    times = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get("status") == "ok" and row.get("backend") in (first, second):
+                times.setdefault(tuple(row[k] for k in keys), {})[row["backend"]] = float(row["time_s"])
+    return [(case, t[first], t[second]) for case, t in times.items() if first in t and second in t]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder holding the benchmarks' CSV files")
+    parser.add_argument("--backends", default="cuda,triton", help="the two backends to compare, first,second")
+    args = parser.parse_args()
+    first, second = args.backends.split(",")
+    out = Path(args.out)
+    rows = []
+    for bench, (op, keys) in SOURCES.items():
+        path = out / f"{bench}.csv"
+        pairs = compare(path, keys, first, second) if path.exists() else []
+        if not pairs:
+            rows.append(dict(op=op, bench=bench, cases=0, preferred="not measured"))
+            continue
+        logs = [math.log(b / a) for _, a, b in pairs]
+        geomean = math.exp(sum(logs) / len(logs))  # > 1: the second backend is slower
+        rows.append({"op": op, "bench": bench, "cases": len(pairs),
+                     f"{first}_faster": sum(1 for _, a, b in pairs if a < b),
+                     f"{second}_faster": sum(1 for _, a, b in pairs if b < a),
+                     f"geomean_{second}_over_{first}": f"{geomean:.3g}",
+                     "preferred": first if geomean >= 1 else second})
+        print(f"{op:30s} {len(pairs):3d} cases: {second}/{first} time {geomean:.3g} -> {rows[-1]['preferred']}")
+    fields = ["op", "bench", "cases", f"{first}_faster", f"{second}_faster", f"geomean_{second}_over_{first}",
+              "preferred"]
+    with open(out / "backend_choice.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out / 'backend_choice.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The divergence guard: notice a loss that stays far above the best seen, and warn, raise or restore.
+
+A perturbation optimizer with too large a step does not produce NaNs for a long time: the loss just climbs. The
+guard watches the unperturbed loss of every step; when it has stayed above ``FACTOR`` times the best seen (for a
+positive loss; ``best + (FACTOR - 1) |best|`` in general) *and* above the first loss seen for ``PATIENCE`` steps in a
+row, it acts before the step's update (the second condition keeps the jitter of a loss near zero from counting):
+
+- ``"warn"``: one warning naming the learning rate to lower; training goes on.
+- ``"raise"``: ``DivergenceError``; the weights are those of the step that saw it, not updated.
+- ``"restore"``: back to the best weights seen (kept in ``optimizer.state[p]["best_weights"]``, one O(P) copy),
+  every group's ``lr`` halved, a warning; the diverged step is not applied.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+MODES = ("warn", "raise", "restore")
+FACTOR = 10.0
+PATIENCE = 5
+
+
+class DivergenceError(RuntimeError):
+    """Raised by ``on_divergence="raise"`` when the loss stays far above the best seen."""
+
+
+def initial_state() -> dict:
+    return {"first_loss": math.nan, "best_loss": math.inf, "strikes": 0, "warned": False, "restores": 0}
+
+
+def check_state(state) -> None:
+    """Raise ValueError unless a loaded guard state could have come from training."""
+    if not isinstance(state, dict) or set(state) != set(initial_state()):
+        raise ValueError(f"the state's 'divergence' entry must hold {sorted(initial_state())}, got {state!r:.200}")
+    for key in ("first_loss", "best_loss"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value == -math.inf:
+            raise ValueError(f"divergence state {key} must be a number, got {value!r}")
+    if math.isnan(state["best_loss"]) or math.isnan(state["first_loss"]) != math.isinf(state["best_loss"]):
+        raise ValueError(f"divergence state first_loss and best_loss disagree: {state['first_loss']!r}, "
+                         f"{state['best_loss']!r}")
+    for key in ("strikes", "restores"):
+        if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+            raise ValueError(f"divergence state {key} must be an integer >= 0, got {state[key]!r}")
+    if not isinstance(state["warned"], bool):
+        raise ValueError(f"divergence state warned must be True or False, got {state['warned']!r}")
+
+
+def _diverged(loss: float, state: dict) -> bool:
+    best = state["best_loss"]
+    return best != 0 and loss > best + (FACTOR - 1) * abs(best) and loss > state["first_loss"]
+
+
+def check(optimizer, state: dict, mode: str, loss: float) -> bool:
+    """Account for this step's unperturbed ``loss``; returns False when the step's update must not be applied."""
+    if math.isnan(state["first_loss"]):
+        state["first_loss"] = loss
+    if loss < state["best_loss"]:
+        state["best_loss"], state["strikes"] = loss, 0
+        if mode == "restore":
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    optimizer.state[p]["best_weights"] = p.detach().clone()
+        return True
+    state["strikes"] = state["strikes"] + 1 if _diverged(loss, state) else 0
+    if state["strikes"] < PATIENCE:
+        return True
+    name, lr = type(optimizer).__name__, optimizer.param_groups[0]["lr"]
+    what = (f"{name}: the loss ({loss:.4g}) has stayed above {FACTOR:g}x the best seen ({state['best_loss']:.4g}) "
+            f"for {PATIENCE} steps: the steps are too large")
+    if mode == "raise":
+        raise DivergenceError(f"{what}; lower lr (now {lr:g}), or sigma. The weights are those of the step that "
+                              f"noticed it, not updated")
+    if mode == "warn":
+        if not state["warned"]:
+            state["warned"] = True
+            warnings.warn(f"{what}; lower lr (now {lr:g}), or sigma. (on_divergence='restore' goes back to the best "
+                          f"weights and halves lr; 'raise' stops)", RuntimeWarning, stacklevel=4)
+        return True
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.5
+            for p in group["params"]:
+                best = optimizer.state[p].get("best_weights")
+                if best is not None:
+                    p.copy_(best)
+    state["strikes"] = 0
+    state["restores"] += 1
+    warnings.warn(f"{what}; restored the best weights and halved lr to {optimizer.param_groups[0]['lr']:g} "
+                  f"(restore {state['restores']})", RuntimeWarning, stacklevel=4)
+    return False

@@ -1,0 +1,86 @@
+"""Dopamine's two signals as pure functions: the phasic member RPEs and the tonic gain (docs/algorithm.md).
+
+Both are normalised by their own running scale, so multiplying the loss by any c > 0 changes nothing, and both
+are bounded, so a rising loss can only lower the step. Their state is a dict of plain numbers, so that
+``torch.load(..., weights_only=True)`` reads a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+# Memory of the log-gain: without new surprises it decays back towards 0 (gain 1) with this factor per step, so
+# noise cannot random-walk it to a bound and a sustained surprise settles at rate / (1 - GAIN_MEMORY) at most.
+GAIN_MEMORY = 0.95
+SURPRISE_FLOOR = 1e-3
+
+
+def initial_state() -> dict:
+    return {"rpe_sq": 0.0, "rpe_count": 0, "log_gain": 0.0, "loss_level": math.nan, "loss_trend": 0.0,
+            "surprise_sq": 0.0, "surprise_count": 0}
+
+
+def check_state(state: dict, gain_min: float, gain_max: float) -> None:
+    """Raise ValueError naming the entry unless a loaded signal state could have come from training."""
+    for key in ("rpe_count", "surprise_count"):
+        if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+            raise ValueError(f"dopamine state {key} must be an integer >= 0, got {state[key]!r}")
+    for key in ("rpe_sq", "surprise_sq", "loss_trend", "log_gain", "loss_level"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"dopamine state {key} must be a number, got {value!r}")
+        if not math.isfinite(value) and not (key == "loss_level" and math.isnan(value)):
+            raise ValueError(f"dopamine state {key} must be finite, got {value!r}")
+    if state["rpe_sq"] < 0 or state["surprise_sq"] < 0:
+        raise ValueError(f"dopamine state rpe_sq and surprise_sq must be >= 0, got {state['rpe_sq']!r} and "
+                         f"{state['surprise_sq']!r}")
+    if not math.log(gain_min) - 1e-12 <= state["log_gain"] <= math.log(gain_max) + 1e-12:
+        raise ValueError(f"dopamine state log_gain must lie in [log gain_min, log gain_max], got {state['log_gain']!r}")
+    if math.isnan(state["loss_level"]) and state["surprise_count"]:
+        raise ValueError("dopamine state loss_level is NaN after surprises were counted")
+
+
+def _debiased_rms(mean_sq: float, beta: float, count: int) -> float:
+    return math.sqrt(mean_sq / (1 - beta ** count))
+
+
+def normalised_rpes(state: dict, delta: torch.Tensor, beta: float) -> torch.Tensor:
+    """``z_j = delta_j / s_t``, with ``s_t`` the bias-corrected running RMS of the member RPEs (the tonic level).
+
+    ``v_t = beta v_{t-1} + (1 - beta) mean_j delta_j^2``, ``s_t = sqrt(v_t / (1 - beta^t))``. A flat loss (every
+    RPE so far zero) gives ``z = 0``: no direction, no step.
+    """
+    state["rpe_count"] += 1
+    state["rpe_sq"] = beta * state["rpe_sq"] + (1 - beta) * float((delta * delta).mean())
+    rms = _debiased_rms(state["rpe_sq"], beta, state["rpe_count"])
+    return delta / rms if rms > 0 else torch.zeros_like(delta)
+
+
+def tonic_gain(state: dict, loss: float, beta: float, rate: float, low: float, high: float) -> float:
+    """The learning-rate factor for this step, driven by the temporal RPE of the unperturbed loss.
+
+    The loss is predicted from a running level and trend (Holt's linear smoothing, weight ``1 - beta``), so steady
+    progress is expected. The temporal RPE ``r_t = predicted - L_t`` is positive when the loss came out better than
+    predicted; divided by its running RMS (never by less than ``SURPRISE_FLOOR`` times the prediction, so the
+    vanishing residuals of a deterministic loss are no surprise) and squashed by tanh, it moves ``log gain`` by at
+    most ``rate`` per step, the log-gain otherwise decaying towards 0 by ``GAIN_MEMORY``, clamped to
+    ``[log low, log high]``. A loss worse than predicted can only lower the gain; progress that slows below its own
+    trend lowers it too, which anneals the step on noisy minibatches. The gain is 1 until there is a prediction.
+    """
+    if math.isnan(state["loss_level"]):
+        state["loss_level"] = loss
+        return math.exp(state["log_gain"])
+    predicted = state["loss_level"] + state["loss_trend"]
+    surprise = predicted - loss
+    state["surprise_count"] += 1
+    state["surprise_sq"] = beta * state["surprise_sq"] + (1 - beta) * surprise * surprise
+    scale = max(_debiased_rms(state["surprise_sq"], beta, state["surprise_count"]), SURPRISE_FLOOR * abs(predicted))
+    signal = math.tanh(surprise / scale) if scale > 0 else 0.0
+    state["log_gain"] = min(max(GAIN_MEMORY * state["log_gain"] + rate * signal, math.log(low)), math.log(high))
+    level = beta * predicted + (1 - beta) * loss
+    state["loss_trend"] = beta * state["loss_trend"] + (1 - beta) * (level - state["loss_level"])
+    state["loss_level"] = level
+    return math.exp(state["log_gain"])

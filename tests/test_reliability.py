@@ -1,0 +1,285 @@
+"""The optimizers under faults and bad input: failed steps, frozen parameters, loaded states, edited groups."""
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import dopamine_fast as df
+from dopamine_fast.optim.perturbation_optimizer import MAX_PERTURBATIONS
+
+OPTIMIZERS = [df.WeightPerturbation, df.Dopamine]
+
+
+def model_and_data(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    return model, torch.randn(8, 3), torch.randn(8, 2)
+
+
+def snapshot(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_bit_equal(model, saved):
+    for p, s in zip(model.parameters(), saved):
+        assert torch.equal(p.detach(), s)
+
+
+# -- a failed or interrupted step leaves the weights as they were ------------------------------------------------
+
+class LoaderError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("raised", [LoaderError, KeyboardInterrupt, torch.cuda.OutOfMemoryError])
+@pytest.mark.parametrize("rank", [0, 2])
+def test_a_closure_that_raises_mid_step_leaves_the_weights_bit_for_bit(cls, raised, rank):
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), num_perturbations=4, rank=rank)
+    before, calls = snapshot(model), []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 3:  # member 2: the weights hold w - sigma eps_1 right now
+            raise raised("the third evaluation failed")
+        return ((model(x) - y) ** 2).mean()
+
+    with pytest.raises(raised, match="third evaluation"):
+        opt.step(closure)
+    assert_bit_equal(model, before)
+    assert opt.state["global"]["step"] == 0  # the failed step is not counted: a retry draws the same noise
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert not torch.equal(next(model.parameters()).detach(), before[0])
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_a_closure_that_calls_backward_is_told_it_needs_none(cls):
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), num_perturbations=2)
+    before = snapshot(model)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match=r"closure called backward\(\).*under torch.no_grad.*needs no gradients"):
+        opt.step(closure)
+    assert_bit_equal(model, before)
+
+
+# -- frozen parameters stay frozen ---------------------------------------------------------------------------------
+
+def frozen_model(seed=0):
+    model, x, y = model_and_data(seed)
+    model[0].requires_grad_(False)  # a frozen "backbone"
+    return model, x, y
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_frozen_parameters_are_neither_perturbed_nor_updated(cls):
+    model, x, y = frozen_model()
+    opt = cls(model.parameters(), num_perturbations=4)
+    frozen, trained = snapshot(model[0]), snapshot(model[2])
+    seen = []
+
+    def closure():
+        seen.append([p.detach().clone() for p in model[0].parameters()])
+        return ((model(x) - y) ** 2).mean()
+
+    for _ in range(3):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for weights in seen for a, b in zip(weights, frozen))  # never perturbed
+    assert_bit_equal(model[0], frozen)  # never updated
+    assert not torch.equal(model[2].weight.detach(), trained[0])
+
+
+def test_a_parameter_frozen_after_construction_stays_frozen_and_keeps_the_others_noise():
+    model, x, y = model_and_data()
+    reference = copy.deepcopy(model)
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=4, seed=3)
+    ref_opt = df.WeightPerturbation(reference.parameters(), num_perturbations=4, seed=3)
+    model[0].weight.requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    ref_streams = {id(pn.param): pn.stream for pn in ref_opt.plan().params}
+    streams = [pn.stream for pn in opt.plan().params]
+    # The remaining parameters keep the streams (and so the noise) they had with nothing frozen.
+    assert streams == [ref_streams[id(p)] for p in reference.parameters()][1:]
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert torch.equal(model[0].weight.detach(), frozen)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_frozen_parameters_give_the_same_step_in_place_and_batched(cls):
+    (a, x, y), (b, _, _) = frozen_model(), frozen_model()
+    a, b = a.double(), b.double()
+    x, y = x.double(), y.double()
+    opt_a = cls(a.parameters(), num_perturbations=4, seed=5)
+    opt_b = cls(b.parameters(), num_perturbations=4, seed=5)
+    pop = df.Population(b, loss="mse")
+    for _ in range(3):
+        opt_a.step(lambda: ((a(x) - y) ** 2).mean())
+        opt_b.step(population=pop, inputs=x, targets=y)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-10)
+    assert torch.equal(b[0].weight, a[0].weight)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_frozen_parameters_survive_a_resume(cls):
+    def fresh():
+        model, x, y = frozen_model()
+        return model, cls(model.parameters(), num_perturbations=4, seed=2), x, y
+
+    model, opt, x, y = fresh()
+    for _ in range(2):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for _ in range(2):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    model2, opt2, _, _ = fresh()
+    model2.load_state_dict(saved_model)
+    opt2.load_state_dict(saved_opt)
+    for _ in range(2):
+        opt2.step(lambda: ((model2(x) - y) ** 2).mean())
+    for pa, pb in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_an_optimizer_with_nothing_to_train_warns():
+    with pytest.warns(UserWarning, match="no parameter requires grad"):
+        df.WeightPerturbation([torch.zeros(3)])
+
+
+# -- a loaded state is validated, and a refused one changes nothing ---------------------------------------------
+
+def trained(cls, **kwargs):
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), num_perturbations=4, **kwargs)
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    return opt
+
+
+def corrupt_global(key, value):
+    def edit(sd):
+        if value is DELETE:
+            del sd["state"]["global"][key]
+        else:
+            sd["state"]["global"][key] = value
+    return edit
+
+
+def corrupt_group(key, value):
+    def edit(sd):
+        if value is DELETE:
+            del sd["param_groups"][0][key]
+        else:
+            sd["param_groups"][0][key] = value
+    return edit
+
+
+DELETE = object()
+BAD_STATES = {
+    "nan lr": (corrupt_group("lr", float("nan")), "lr must be a finite number"),
+    "zero sigma": (corrupt_group("sigma", 0.0), "sigma must be > 0"),
+    "string rank": (corrupt_group("rank", "2"), "rank must be a finite integer"),
+    "missing lr": (corrupt_group("lr", DELETE), r"param group 0 of the state lacks \['lr'\]"),
+    "seed in a group": (corrupt_group("seed", 3), "sets seed, options of the whole"),
+    "missing seed": (corrupt_global("seed", DELETE), r"missing \['seed'\]"),
+    "unknown key": (corrupt_global("temperature", 1.0), r"unexpected \['temperature'\]"),
+    "no perturbations": (corrupt_global("num_perturbations", 0), "num_perturbations must be >= 1"),
+    "odd antithetic": (corrupt_global("num_perturbations", 3), "must be even with antithetic"),
+    "string step": (corrupt_global("step", "3"), "step must be a finite integer"),
+    "negative step": (corrupt_global("step", -1), "step must be >= 0"),
+    "float seed": (corrupt_global("seed", 1.5), "seed must be a finite integer"),
+    "antithetic 1": (corrupt_global("antithetic", 1), "antithetic must be True or False"),
+    "no global state": (lambda sd: sd["state"].pop("global"), "not saved by a perturbation optimizer"),
+    "fewer groups": (lambda sd: sd["param_groups"].pop(), "param_groups must be a list of 1 groups"),
+}
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("case", BAD_STATES)
+def test_a_bad_state_is_refused_and_changes_nothing(cls, case):
+    edit, message = BAD_STATES[case]
+    opt = trained(cls)
+    state = copy.deepcopy(opt.state_dict())
+    edit(state)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(state)
+    after = opt.state_dict()
+    assert repr(after) == repr(before)
+
+
+@pytest.mark.parametrize("saver,loader", [(df.WeightPerturbation, df.Dopamine), (df.Dopamine, df.WeightPerturbation)])
+def test_a_state_of_another_optimizer_class_is_refused(saver, loader):
+    state = trained(saver).state_dict()
+    target = trained(loader)
+    with pytest.raises(ValueError, match=f"saved by {saver.__name__}, not {loader.__name__}"):
+        target.load_state_dict(state)
+    del state["state"]["global"]["optimizer"]  # a state saved before the class was recorded: the keys tell
+    with pytest.raises(ValueError, match="does not fit"):
+        target.load_state_dict(state)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", float("nan"), "lr must be a finite number"), ("sigma", 0.0, "sigma must be > 0"),
+    ("lr", -1.0, "lr must be >= 0"), ("sigma", 1e300, "sigma must be <= 1000000.0"),
+])
+def test_groups_edited_between_steps_are_checked_before_the_weights_move(cls, key, value, message):
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), num_perturbations=2)
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    opt.param_groups[0][key] = value
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert_bit_equal(model, before)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("key", ["num_perturbations", "seed", "antithetic"])
+def test_global_options_in_a_param_group_are_refused(cls, key):
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match=f"a param group sets {key}, which only the whole"):
+        cls([{"params": model.parameters(), key: 2}])
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_perturbations=2**32, antithetic=False), f"num_perturbations must be <= {MAX_PERTURBATIONS}"),
+    (dict(num_perturbations=2**40), f"num_perturbations must be <= {MAX_PERTURBATIONS}"),
+    (dict(sigma=1e300), "sigma must be <= 1000000.0"),
+    (dict(sigma=math.inf), "sigma must be a finite number"),
+])
+def test_absurd_sizes_are_refused_at_construction(cls, kwargs, message):
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match=message):
+        cls(model.parameters(), **kwargs)
+
+
+# -- the generic Population path leaves the model's buffers to the members ---------------------------------------
+
+def test_a_failed_vmap_attempt_does_not_count_a_batchnorm_batch():
+    def buffers_after_one_evaluation(try_vmap_first):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1))
+        opt = df.WeightPerturbation(model.parameters(), num_perturbations=2)
+        pop = df.Population(model, fused=False)
+        pop.generic.batches_with_vmap = try_vmap_first
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pop(opt.plan(), torch.randn(8, 3), torch.randn(8, 1))
+        return [b.clone() for b in model.buffers()]
+
+    # BatchNorm in training mode cannot run under vmap; the attempt must not leave a trace in the buffers.
+    for a, b in zip(buffers_after_one_evaluation(True), buffers_after_one_evaluation(False)):
+        assert torch.equal(a, b)
