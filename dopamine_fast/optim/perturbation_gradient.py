@@ -32,14 +32,14 @@ class PerturbationGradient(PerturbationOptimizer):
 
     Args:
         params: parameters or parameter groups (groups may set ``sigma`` and ``rank``).
-        sigma, num_perturbations, antithetic, rank, seed: as for ``WeightPerturbation``.
+        sigma, num_perturbations, antithetic, rank, seed, process_group: as for ``WeightPerturbation``.
     """
 
     def __init__(self, params, sigma: float = 0.05, num_perturbations: int = 16, antithetic: bool = True,
-                 rank: int = 0, seed: int = 0):
+                 rank: int = 0, seed: int = 0, process_group=None):
         # lr 1 and no clipping: the estimate is written as it is; the optimizer applied after it owns the step.
         defaults = dict(lr=1.0, sigma=sigma, rank=rank, max_grad_norm=None)
-        super().__init__(params, defaults, num_perturbations, antithetic, seed)
+        super().__init__(params, defaults, num_perturbations, antithetic, seed, process_group=process_group)
 
     def step_from_losses(self, losses: torch.Tensor) -> float:
         for group in self.param_groups:
