@@ -29,8 +29,9 @@ DESCRIPTIONS = {
     "pgpe": "EvoTorch PGPE on the flattened parameters (needs evotorch)",
 }
 
-# Defaults per task family. The zero-order methods share K, so a comparison spends equal loss evaluations; their
-# learning rates come from the validation sweeps of bench/bench_quality.py (bench/results/quality_cpu/sweep.csv).
+# Defaults per task family. The zero-order methods share K, so a comparison spends equal loss evaluations. The
+# quality benchmark sweeps each learning rate from 1/4x to 4x these on validation data (bench/bench_quality.py; the
+# rates it chose are in bench/results/quality_cpu/claims.md).
 # BPTT on the chaotic series clips the gradient norm at 1, the usual guard against exploding gradients.
 HPARAMS: Dict[str, Dict[str, dict]] = {
     "xor": {
