@@ -152,7 +152,7 @@ def test_a_bad_output_folder_is_refused_before_training(make_out, message, tmp_p
               "--no-progress"])
     assert exc.value.code == 2
     captured = capsys.readouterr()
-    assert f"--out: " in captured.err and message in captured.err
+    assert "--out: " in captured.err and message in captured.err
     assert "| metric" not in captured.out  # nothing was trained
 
 
