@@ -24,6 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common  # noqa: E402
 import dopamine_fast as df  # noqa: E402
 from dopamine_fast.experiments import hparams_for, train  # noqa: E402
 from dopamine_fast.experiments.report import format_table, write_csv  # noqa: E402
@@ -130,12 +131,7 @@ def main(argv=None) -> int:
     if unknown or args.seeds < 1 or args.jobs < 1:
         parser.error(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}; --seeds and --jobs must be >= 1")
     pairs = [(case, cls, args.seeds, args.threads) for case in cases for cls in (df.Dopamine, df.WeightPerturbation)]
-    if args.jobs > 1:
-        import multiprocessing
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            done = pool.starmap(run_case, pairs, chunksize=1)
-    else:
-        done = [run_case(*pair) for pair in pairs]
+    done = common.run_jobs(run_case, pairs, args.jobs)
     rows = [row for case_rows, _ in done for row in case_rows]
     summary = [case_summary for _, case_summary in done]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import common  # noqa: E402
 from dopamine_fast import backend_info, use_backend  # noqa: E402
 from dopamine_fast.experiments import available_optimizers, hparams_for, write_compare  # noqa: E402
 from dopamine_fast.experiments.report import run_row, summary_rows, write_csv  # noqa: E402
@@ -242,12 +243,7 @@ def main(argv=None) -> int:
         print((out / "claims.md").read_text())
         return 0
     jobs = [(name, cells[name], args, optimizers, device, out) for name in chosen]
-    if args.jobs > 1:
-        import multiprocessing
-        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            done = pool.starmap(run_task, jobs, chunksize=1)
-    else:
-        done = [run_task(*job) for job in jobs]
+    done = common.run_jobs(run_task, jobs, args.jobs)
     per_task, summary, sweep_rows, persistence, chosen_lr = {}, [], [], {}, {}
     for name, results, rows, task_summary, task_persistence, lrs in done:
         per_task[name] = [run_row(r) for r in results]

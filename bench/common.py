@@ -71,6 +71,15 @@ def parse_args(description: str, budget_s: float = 120.0, cuda_budget_s: float =
     return args
 
 
+def run_jobs(fn: Callable, jobs: List[tuple], processes: int) -> list:
+    """``[fn(*job) for job in jobs]``, in ``processes`` spawned processes at once when more than one."""
+    if processes <= 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+        return pool.starmap(fn, jobs, chunksize=1)
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     if n == 1:  # must be set before jax is first imported (peers.py imports it lazily)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import inspect
 import math
 import os
@@ -328,7 +327,6 @@ def _cmd_train(parser, args, task, device) -> int:
 
 def _cmd_train_distributed(parser, args, task, hp, steps, out) -> int:
     from .distributed.launch import train_distributed
-    from .experiments.optimizers import PERTURBATION
     if args.optimizer not in PERTURBATION:
         parser.error(f"--distributed runs the perturbation optimizers ({', '.join(PERTURBATION)}); "
                      f"use torch's DistributedDataParallel for {args.optimizer}")
@@ -398,7 +396,7 @@ def _main(argv: Optional[List[str]]) -> int:
     backend = None if args.backend == "auto" else args.backend
     _check_backend(parser, backend, device)
     task = _task(parser, args, device)
-    with use_backend(backend) if backend else contextlib.nullcontext():
+    with use_backend(backend):
         if args.command == "train":
             return _cmd_train(parser, args, task, device)
         return _cmd_compare(parser, args, task, device)

@@ -23,15 +23,15 @@ from dopamine_fast import cli
 from dopamine_fast.optim.perturbation_optimizer import PerturbationOptimizer
 
 kill_at = int(sys.argv[1])
-original = PerturbationOptimizer.step_from_losses
+original = PerturbationOptimizer._step_from_losses
 
-def step_from_losses(self, losses):
+def step_from_losses(self, losses, plan):
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     if os.environ["RANK"] == "1" and first_attempt and self.state["global"]["step"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    return original(self, losses)
+    return original(self, losses, plan)
 
-PerturbationOptimizer.step_from_losses = step_from_losses
+PerturbationOptimizer._step_from_losses = step_from_losses
 sys.exit(cli.main(sys.argv[2:]))
 """
 

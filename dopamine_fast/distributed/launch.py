@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import dopamine_fast
-from ..experiments.optimizers import _perturbation_optimizer
+from ..experiments.optimizers import perturbation_setup
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .parallel import Parallel
 from .sharding import batch_range
@@ -65,11 +64,7 @@ def train_distributed(task, optimizer: str, hp: dict, *, steps: int, seed: int, 
     torch.manual_seed(seed)
     model = task.build_model(hidden)
     parallel = Parallel(mode=mode)
-    opt = _perturbation_optimizer(optimizer, model.parameters(), {**hp, "process_group": parallel}, seed)
-    radius, recurrent = hp.get("spectral_radius"), getattr(model, "recurrent_weight", None)
-    if radius is not None and recurrent is not None:
-        dopamine_fast.keep_spectral_radius(opt, recurrent, radius)
-    population = dopamine_fast.Population(model, loss="mse")
+    opt, population = perturbation_setup(optimizer, model, {**hp, "process_group": parallel}, seed)
     resumed = load_checkpoint(out / CHECKPOINT, model, opt)
     if resumed is not None and resumed["optimizer_name"] != optimizer:
         raise ValueError(f"{out / CHECKPOINT} holds a {resumed['optimizer_name']} run, not {optimizer}: use "

@@ -98,14 +98,19 @@ def _perturbation_optimizer(name: str, params, hp: dict, seed: int):
     return cls(params, seed=seed, **kwargs)
 
 
-def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
+def perturbation_setup(name: str, model: torch.nn.Module, hp: dict, seed: int):
+    """The optimizer ``name`` over ``model`` (its recurrent matrix rescaled after every step when ``hp`` asks) and
+    the ``Population`` that evaluates its 1 + K members in one batched pass; task losses are the MSE."""
     opt = _perturbation_optimizer(name, model.parameters(), hp, seed)
     radius = hp.get("spectral_radius")
     recurrent = getattr(model, "recurrent_weight", None)
     if radius is not None and recurrent is not None:
         dopamine_fast.keep_spectral_radius(opt, recurrent, radius)
-    # The 1 + K members in one batched pass (fused ops for the tasks' Sequential models); task.loss is the MSE.
-    population = dopamine_fast.Population(model, loss="mse")
+    return opt, dopamine_fast.Population(model, loss="mse")
+
+
+def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
+    opt, population = perturbation_setup(name, model, hp, seed)
 
     def step(x, y):
         with torch.no_grad():

@@ -40,7 +40,11 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS):
     return c0, c1, c2, c3
 
 
-def check_counter_args(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel: int) -> None:
+MAX_NUMEL = 4 * (MASK32 + 1)  # four elements per Philox block, 2**32 blocks
+
+
+def check_counter_args(seed: int, step: int, stream: int, first_id: int = 0, num_ids: int = 0,
+                       numel: int = 0) -> None:
     """Raise ValueError for arguments outside the ranges the counter layout encodes."""
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
@@ -50,7 +54,7 @@ def check_counter_args(seed: int, step: int, stream: int, first_id: int, num_ids
         raise ValueError(f"stream must be in [0, 2**32), got {stream}")
     if first_id < 0 or num_ids < 0 or first_id + num_ids > MASK32 + 1:
         raise ValueError(f"noise ids [{first_id}, {first_id + num_ids}) must lie in [0, 2**32)")
-    if not 0 <= numel <= 4 * (MASK32 + 1):
+    if not 0 <= numel <= MAX_NUMEL:
         raise ValueError(f"numel must be in [0, 2**34], got {numel}")
 
 

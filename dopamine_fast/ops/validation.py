@@ -13,20 +13,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from .noise import MASK32 as MAX_WORD, MAX_SEED  # noise ids, streams and members are 32-bit counter words
+from .noise import MASK32 as MAX_WORD  # noise ids, streams and members are 32-bit counter words
+from .noise import MAX_NUMEL, check_counter_args
 
-MAX_NUMEL = 4 << 32  # four elements per Philox block, 2**32 blocks
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
 NONLINEARITIES = ("tanh", "relu")
-
-
-def check_counter_args(seed: int, step: int, stream: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if not 0 <= stream <= MAX_WORD:
-        raise ValueError(f"stream must be in [0, 2**32), got {stream}")
 
 
 def check_written(t: torch.Tensor, name: str) -> None:

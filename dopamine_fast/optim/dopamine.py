@@ -132,14 +132,17 @@ class Dopamine(PerturbationOptimizer):
                                              options["gain_min"], options["gain_max"])
         coeffs = z / math.sqrt(z.numel())
         for group, pns in self._group_params(plan):
-            scales = tuple(param_scale(pn.param) for pn in pns) if group["relative"] else None
+            scales = param_scales([pn.param for pn in pns]) if group["relative"] and pns else None
             apply_noise_combination(plan, pns, coeffs, -group["lr"] * gain, group["max_grad_norm"], scales)
 
 
-def param_scale(p) -> float:
-    """``max(RMS(p), MIN_PARAM_SCALE)``: a relative step moves each tensor in proportion to its own size."""
-    rms = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) / math.sqrt(max(p.numel(), 1))
-    return max(rms, MIN_PARAM_SCALE)
+def param_scales(params) -> tuple:
+    """``max(RMS(p), MIN_PARAM_SCALE)`` per tensor: a relative step moves each in proportion to its own size.
+
+    The norms are read back together, so a GPU step waits for the device once per group, not once per tensor.
+    """
+    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params]).tolist()
+    return tuple(max(n / math.sqrt(max(p.numel(), 1)), MIN_PARAM_SCALE) for n, p in zip(norms, params))
 
 
 def check_signal_options(options: dict) -> None:

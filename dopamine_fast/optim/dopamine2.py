@@ -30,8 +30,7 @@ class Dopamine2(PerturbationOptimizer):
                  antithetic: bool = False, rank: int = 0, beta_s: float = 0.9998, beta_lr: float = 0.9998,
                  seed: int = 0, max_grad_norm: Optional[float] = None, on_divergence: str = "warn",
                  process_group=None):
-        check_number("beta_s", beta_s, low=0, high=1, high_open=True)
-        check_number("beta_lr", beta_lr, low=0, high=1, high_open=True)
+        _check_betas(beta_s, beta_lr)
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
                          process_group)
@@ -49,8 +48,7 @@ class Dopamine2(PerturbationOptimizer):
         if not isinstance(st, dict) or set(st) != {"beta_s", "beta_lr", "rpe_level", "lr"}:
             raise ValueError(f"the state's 'dopamine2' entry must hold beta_s, beta_lr, rpe_level and lr, "
                              f"got {st!r:.200}")
-        check_number("beta_s", st["beta_s"], low=0, high=1, high_open=True)
-        check_number("beta_lr", st["beta_lr"], low=0, high=1, high_open=True)
+        _check_betas(st["beta_s"], st["beta_lr"])
         for key in ("rpe_level", "lr"):
             if st[key] is not None:
                 check_number(f"dopamine2 state {key}", st[key], low=0)
@@ -65,3 +63,9 @@ class Dopamine2(PerturbationOptimizer):
         for group, pns in self._group_params(plan):
             apply_noise_combination(plan, pns, delta * (group["sigma"] / delta.numel()), -st["lr"],
                                     group["max_grad_norm"])
+
+
+def _check_betas(beta_s, beta_lr) -> None:
+    """The two smoothing factors, at construction and at ``load_state_dict``."""
+    check_number("beta_s", beta_s, low=0, high=1, high_open=True)
+    check_number("beta_lr", beta_lr, low=0, high=1, high_open=True)

@@ -161,7 +161,7 @@ class PerturbationOptimizer(Optimizer):
             losses = self._evaluate_in_place(closure, local)
         if self._parallel is not None:
             losses = self._parallel.combine(losses, plan, targets)
-        return self.step_from_losses(losses)
+        return self._step_from_losses(losses, plan)
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:
         """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
@@ -200,12 +200,15 @@ class PerturbationOptimizer(Optimizer):
     @torch.no_grad()
     def step_from_losses(self, losses: torch.Tensor) -> float:
         """Update from the losses of the ``1 + K`` members of ``plan()`` (member 0 unperturbed)."""
+        return self._step_from_losses(losses, self.plan())
+
+    def _step_from_losses(self, losses: torch.Tensor, plan: PerturbationPlan) -> float:
+        """``step_from_losses`` with the plan the losses came from (``step`` has built it already)."""
         losses = torch.as_tensor(losses).detach().reshape(-1)
         if losses.numel() != self.num_members:
             raise ValueError(f"expected {self.num_members} losses (the unperturbed model and "
                              f"{self.num_members - 1} perturbed members), got {losses.numel()}")
         st = self.state[GLOBAL_STATE]
-        plan = self.plan()
         if not is_finite(losses):
             st["skipped_steps"] += 1
             warnings.warn(f"{type(self).__name__}: a non-finite loss at step {st['step']}; the step was skipped "

@@ -250,8 +250,9 @@ class FusedProgram:
         h, shared = values[self.output]
         return h.expand(members.plan.num_members, *h.shape) if shared else h
 
-    def bytes_per_row(self, inputs: torch.Tensor, num_members: int, itemsize: int, threads: int) -> int:
-        """Most memory one batch row takes at any point of a run: live activations plus the kernels' scratch."""
+    def row_footprint(self, inputs: torch.Tensor, num_members: int, itemsize: int, threads: int) -> Tuple[int, int]:
+        """Per batch row: the most memory a run takes at any point (live activations plus the kernels' scratch),
+        in bytes, and the elements of every member's outputs (what row chunks leave side by side)."""
         rows = max(1, self.rows(inputs))
         numel: Dict[int, int] = {0: inputs.numel() // rows}
         shared: Dict[int, bool] = {0: True}
@@ -265,12 +266,4 @@ class FusedProgram:
             held = sum(numel[s] * (1 if shared[s] else num_members) for s in live - {0})
             peak = max(peak, held + once + per_member * num_members)
             live -= set(ins.frees)
-        return peak * itemsize
-
-    def output_numel_per_row(self, inputs: torch.Tensor, num_members: int) -> int:
-        """Elements of every member's outputs per batch row (what row chunks leave side by side)."""
-        rows = max(1, self.rows(inputs))
-        numel = {0: inputs.numel() // rows}
-        for ins in self.instructions:
-            numel[ins.output] = ins.step.row_numel([numel[s] for s in ins.inputs])
-        return numel[self.output] * num_members
+        return peak * itemsize, numel[self.output] * num_members

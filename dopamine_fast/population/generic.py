@@ -7,6 +7,7 @@ parameters exists at a time and the chunk size never changes the result.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, Dict, Optional
 
@@ -37,15 +38,9 @@ class CreatedBytes(TorchDispatchMode):
     """Bytes of every new tensor the ops inside create (views and in-place results excluded): an upper bound on
     what they hold at once, since it ignores what they free along the way."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self):
         super().__init__()
-        self.enabled, self.bytes = enabled, 0
-
-    def __enter__(self):
-        return super().__enter__() if self.enabled else self
-
-    def __exit__(self, *exc):
-        return super().__exit__(*exc) if self.enabled else None
+        self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -82,7 +77,7 @@ class GenericPath:
         while m0 < members.stop:
             m1 = min(members.stop, m0 + (size or 1))
             params = {name: member_parameters(pn, plan, ids[m0:m1], signs[m0:m1]) for name, pn in perturbed}
-            with CreatedBytes(enabled=size is None) as probe:
+            with CreatedBytes() if size is None else contextlib.nullcontext() as probe:
                 outputs = self._forward(params, inputs, m1 - m0)
                 losses.append(member_losses(loss_fn, outputs, targets, m1 - m0))
             if size is None:  # one member's activations measured: as many members as the budget holds

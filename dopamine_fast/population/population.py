@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -79,6 +79,7 @@ class Population:
         self._program: Optional[FusedProgram] = None
         self._off_reason: Optional[str] = "fused=False"  # why the fused path never runs, if it never does
         self._announced = set()
+        self._row_footprints: Dict[tuple, Tuple[int, int]] = {}  # (shape, members, itemsize, threads) -> footprint
         if fused is not False:
             try:
                 self._program, self._off_reason = compile_model(unwrap(model)), None
@@ -120,10 +121,13 @@ class Population:
         if self.max_memory is None or not isinstance(inputs, torch.Tensor):
             return None
         itemsize = 8 if any(pn.param.dtype == torch.float64 for pn in plan.params) else 4  # the ops' compute dtype
-        per_row = self._program.bytes_per_row(inputs, plan.num_members, itemsize, torch.get_num_threads())
+        key = (tuple(inputs.shape), plan.num_members, itemsize, torch.get_num_threads())
+        if key not in self._row_footprints:  # the same shapes every step: walk the program once per shape
+            self._row_footprints[key] = self._program.row_footprint(inputs, *key[1:])
+        per_row, output_numel = self._row_footprints[key]
         # Row chunks' outputs sit side by side until the loss, which makes a temporary of their size (the built-in
         # losses make one): that much of the budget is not the chunks'.
-        outputs = self._program.output_numel_per_row(inputs, plan.num_members) * itemsize * self._program.rows(inputs)
+        outputs = output_numel * itemsize * self._program.rows(inputs)
         return max(1, (self.max_memory - 2 * outputs) // max(1, per_row))
 
     def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
