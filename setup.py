@@ -3,7 +3,8 @@
 Environment switches:
   DOPAMINE_FAST_NO_NATIVE_BUILD=1  build no extension (pure-Python install; the PyTorch reference serves every op)
   DOPAMINE_FAST_NO_CUDA_BUILD=1    build the CPU kernels only
-  CUDA_HOME                        the CUDA toolkit to use (otherwise nvcc is looked for, see _find_cuda_home)
+  CUDA_HOME                        the CUDA toolkit to use (otherwise nvcc is looked for, see _find_cuda_home; the
+                                   build log and dopamine_fast/_build_config.py say which one was used)
   TORCH_CUDA_ARCH_LIST             GPU architectures, e.g. "9.0" (default: the GPUs present at build time, else
                                    PORTABLE_CUDA_ARCH_LIST below). The list built is recorded beside the
                                    module, in dopamine_fast/_build_config.py, so that the package can tell
@@ -42,7 +43,8 @@ def _sources(pattern: str) -> list:
 
 
 def _find_cuda_home():
-    """The CUDA toolkit directory, or None.
+    """The CUDA toolkit directory, or None. The one search for it: scripts/setup.sh and bench/gpu/run.sh leave it
+    to this function, and the build log (and dopamine_fast/_build_config.py) says which toolkit it chose.
 
     ``which nvcc`` may be a wrapper script outside any toolkit (e.g. /usr/local/bin/nvcc exec-ing the real one),
     so its parent is trusted only when it holds include/cuda_runtime.h; otherwise the usual install places are
@@ -103,9 +105,9 @@ def _cuda_arch_list(torch) -> str:
     return PORTABLE_CUDA_ARCH_LIST
 
 
-def _recording_build_ext(base, cuda_arch_list):
+def _recording_build_ext(base, cuda_arch_list, cuda_home):
     """``base`` (torch's BuildExtension) that also writes, beside the built module, what its CUDA kernels were
-    compiled for: dopamine_fast._native reads it to tell whether the GPU at hand has a kernel image."""
+    compiled for (the package reads it to tell whether the GPU at hand has a kernel image) and with which toolkit."""
 
     class BuildExt(base):
         def run(self):
@@ -113,7 +115,8 @@ def _recording_build_ext(base, cuda_arch_list):
             folder = os.path.dirname(self.get_ext_fullpath("dopamine_fast._C"))
             with open(os.path.join(folder, "_build_config.py"), "w") as f:
                 f.write("# Written by setup.py when it built dopamine_fast._C (not tracked by git).\n"
-                        f"CUDA_ARCH_LIST = {cuda_arch_list!r}  # of the CUDA kernels; None: none built\n")
+                        f"CUDA_ARCH_LIST = {cuda_arch_list!r}  # of the CUDA kernels; None: none built\n"
+                        f"CUDA_HOME = {cuda_home!r}  # the toolkit that compiled them (setup.py's _find_cuda_home)\n")
     return BuildExt
 
 
@@ -122,13 +125,18 @@ def _extensions():
         print("dopamine_fast: DOPAMINE_FAST_NO_NATIVE_BUILD set, building no native module", file=sys.stderr)
         return [], {}
     import torch
-    from torch.utils import cpp_extension
 
     sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu")
     cuda_home = None
     if not _flag("DOPAMINE_FAST_NO_CUDA_BUILD") and torch.version.cuda and cuda_sources:
         cuda_home = _find_cuda_home()
+    if cuda_home is not None:
+        # torch.utils.cpp_extension reads CUDA_HOME when it is imported (next line); it must agree with the toolkit
+        # found (it is also set on the module below, in case something imported it earlier).
+        os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils import cpp_extension
+
     if cuda_home is None and cuda_sources and not _flag("DOPAMINE_FAST_NO_CUDA_BUILD"):
         print("dopamine_fast: no CUDA toolkit or CPU-only torch, building the CPU kernels only", file=sys.stderr)
 
@@ -139,18 +147,16 @@ def _extensions():
         ext = cpp_extension.CppExtension("dopamine_fast._C", sources, include_dirs=include_dirs,
                                          extra_compile_args=extra, extra_link_args=link_args)
     else:
-        # torch.utils.cpp_extension reads CUDA_HOME when it is imported; it must agree with the toolkit found.
-        os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
         os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list(torch)
-        print(f"dopamine_fast: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
-              file=sys.stderr)
+        print(f"dopamine_fast: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, "
+              f"with the toolkit at CUDA_HOME={cuda_home}", file=sys.stderr)
         include_dirs += _pip_cuda_include_dirs()
         extra["nvcc"] = ["-O3"]
         ext = cpp_extension.CUDAExtension("dopamine_fast._C", sources + cuda_sources, include_dirs=include_dirs,
                                           extra_compile_args=extra, extra_link_args=link_args)
     arch_list = None if cuda_home is None else os.environ["TORCH_CUDA_ARCH_LIST"]
-    return [ext], {"build_ext": _recording_build_ext(cpp_extension.BuildExtension, arch_list)}
+    return [ext], {"build_ext": _recording_build_ext(cpp_extension.BuildExtension, arch_list, cuda_home)}
 
 
 ext_modules, cmdclass = _extensions()

@@ -5,8 +5,9 @@
     dopamine-fast list
 
 Every argument is checked (names, sizes, device, backend, output folder, the optimizer's own settings) before
-any training starts. Curves are written row by row as they are logged; Ctrl-C stops at the next step, keeps what
-was written and exits with status 130.
+any training starts, and so is the ``experiments`` extra that train and compare need (plots, progress bars, the
+chaotic tasks): a missing one is an error that says what to install. Curves are written row by row as they are
+logged; Ctrl-C stops at the next step, keeps what was written and exits with status 130.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import dopamine_fast
 
 from . import backends
+from ._extras import MissingExtra, require
 from .backends import ORDER, use_backend
 from .experiments import DESCRIPTIONS, OPTIMIZERS, available_optimizers, compare, hparams_for, train, write_compare
 from .experiments.live import CsvRows, StopOnInterrupt
@@ -267,6 +269,19 @@ def _check_budget(parser, task, names, hparams, evaluations, hidden) -> None:
                          f"({stepper.evaluations_per_step} loss evaluations)")
 
 
+def _require_extras(parser, args) -> None:
+    """What train and compare need beyond torch (the ``experiments`` extra), checked before any work: a missing
+    module is a usage error naming the package to install, not a traceback after training."""
+    needs = {"matplotlib": "the plots", "tqdm.auto": "the progress bars"}
+    if args.task in GENERATORS:
+        needs["numpy"] = "the chaotic tasks"
+    for module, needed_by in needs.items():
+        try:
+            require(module, needed_by)
+        except MissingExtra as err:
+            parser.error(str(err))
+
+
 def _missing(names) -> List[str]:
     return [n for n in names if n not in available_optimizers()]
 
@@ -388,6 +403,7 @@ def _main(argv: Optional[List[str]]) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         return _cmd_list()
+    _require_extras(parser, args)
     if args.command == "train" and args.optimizer not in available_optimizers():
         parser.error(f"--optimizer {args.optimizer} needs the evotorch package (pip install evotorch)")
     device = _device(parser, args.device)

@@ -10,15 +10,13 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
+# The package itself needs torch only; the tests also use the `experiments` extra (numpy, tqdm, matplotlib), scipy
+# and Triton, and CI runs ruff (the version pinned here) before them.
 python -m pip install -q "torch==${DOPAMINE_FAST_TORCH:-2.14.1}" triton numpy scipy pytest tqdm matplotlib \
-    ninja pybind11 setuptools wheel
+    ruff==0.12.12 ninja pybind11 setuptools wheel
 
-# The nvcc on PATH may be a wrapper script, which misleads torch's guess of the toolkit root.
-if [ -z "${CUDA_HOME:-}" ]; then
-    for nvcc in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do
-        if [ -x "$nvcc" ]; then export CUDA_HOME="$(dirname "$(dirname "$nvcc")")"; break; fi
-    done
-fi
+# The CUDA toolkit is left to setup.py (_find_cuda_home: CUDA_HOME, else nvcc's toolkit, else /usr/local/cuda*);
+# the line it prints below, after the build, says which one it used.
 export MAX_JOBS="${MAX_JOBS:-2}"
 # Users get setup.py's default CUDA targets: the GPU present, else the portable list (8.0;8.6;8.9;9.0+PTX). CI has
 # no GPU and 2 cores, where the portable list multiplies the CUDA compile time by about 3 (see README, Backends):
@@ -26,7 +24,17 @@ export MAX_JOBS="${MAX_JOBS:-2}"
 if [ -n "${CI:-}" ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
     export TORCH_CUDA_ARCH_LIST="${DOPAMINE_FAST_CI_CUDA_ARCH:-9.0}"
 fi
-echo "setup: torch $(python -c 'import torch; print(torch.__version__)'), CUDA_HOME=${CUDA_HOME:-none}," \
+echo "setup: torch $(python -c 'import torch; print(torch.__version__)'), CUDA_HOME=${CUDA_HOME:-<setup.py finds it>}," \
     "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default>}"
 python -m pip install -q --no-build-isolation --no-deps -e .
-python -c "import dopamine_fast as df; print('setup: backends', df.backend_info())"
+python - <<'EOF'
+import dopamine_fast as df
+try:  # what setup.py recorded when it built the native module
+    from dopamine_fast import _build_config as built
+except ImportError:
+    print("setup: no native module built")
+else:
+    print(f"setup: CUDA kernels for {built.CUDA_ARCH_LIST}, toolkit {getattr(built, 'CUDA_HOME', None)}"
+          if built.CUDA_ARCH_LIST else "setup: CPU kernels only (no CUDA kernels built)")
+print("setup: backends", df.backend_info())
+EOF

@@ -183,7 +183,7 @@ def test_list_shows_exactly_the_accepted_task_options(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for name in TASKS:
-        line = next(l for l in out.splitlines() if l.split() and l.split()[0] == name)
+        line = next(row for row in out.splitlines() if row.split() and row.split()[0] == name)
         listed = [item.split("=")[0].strip() for item in line.split(None, 1)[1].split(", ") if "=" in item]
         assert listed == task_options(name)
 

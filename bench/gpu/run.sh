@@ -79,14 +79,11 @@ log "== environment (device $DEVICE, budget ${BUDGET}s, python $PYTHON)"
   echo "cores $(nproc)"
 } 2>&1 | tee -a "$LOG"
 
-# The toolkit behind nvcc (nvcc may be a wrapper script; setup.py searches further if this finds nothing).
-if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
-  home="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
-  [ -f "$home/include/cuda_runtime.h" ] && export CUDA_HOME="$home"
-fi
+# The CUDA toolkit is setup.py's to find (_find_cuda_home); its build output (build.txt) and the backends step
+# below say which one it used.
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET DOPAMINE_FAST_BACKEND DOPAMINE_FAST_NO_NATIVE
-log "CUDA_HOME=${CUDA_HOME:-<unset>} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default: this GPU>} MAX_JOBS=$MAX_JOBS"
+log "CUDA_HOME=${CUDA_HOME:-<setup.py finds it>} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default: this GPU>} MAX_JOBS=$MAX_JOBS"
 
 if [ "${RUN_BUILD:-1}" = 0 ]; then
   log "== build: skipped (RUN_BUILD=0), using the module already built"
@@ -99,7 +96,14 @@ else
   step build 240 "$OUT/build.txt" "$PYTHON" setup.py build_ext --force --build-temp "$WORK/build-temp" \
     --build-lib "$WORK/build-lib"
 fi
-step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, json; print('native:', df._native.load_error() or 'loaded', df._native.built_cuda_arch_list()); print(json.dumps(df.backend_info(explain=True), indent=1))"
+# What was built (setup.py's record: CUDA targets and toolkit) and which backend each op runs on, with the reasons.
+step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, importlib, json
+try:
+    built = importlib.import_module('dopamine_fast._build_config')
+    print('built: CUDA kernels for', built.CUDA_ARCH_LIST, 'toolkit', getattr(built, 'CUDA_HOME', None))
+except ImportError as err:
+    print('built: no record of a native build:', err)
+print(json.dumps(df.backend_info(explain=True), indent=1))"
 
 if [ "${RUN_TESTS:-1}" = 0 ]; then
   log "== tests: skipped (RUN_TESTS=0)"

@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
+from .._extras import require
 from .runner import RunResult
 
 
@@ -78,7 +79,7 @@ def summary_rows(results: Sequence[RunResult], error_name: str) -> List[Dict[str
 
 
 def _plot_module():
-    import matplotlib
+    matplotlib = require("matplotlib", "the plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from .._extras import require
 from .memory import PeakMemory
 from .optimizers import build_stepper
 
@@ -82,7 +83,7 @@ def train(task, optimizer: str, hparams: dict, *, steps: Optional[int] = None, e
     with torch.no_grad():
         x0, y0 = task.x_train, task.y_train
         log(0, float(task.loss(model, x0, y0)), 0.0)
-    from tqdm.auto import tqdm
+    tqdm = require("tqdm.auto", "the progress bars").tqdm
     bar = tqdm(total=steps, desc=desc or f"{task.name}/{optimizer}", disable=not progress, leave=False)
     train_s, done, diverged, stopped, loss = 0.0, 0, False, False, math.nan
     while done < steps and not diverged and not stopped:

@@ -4,21 +4,29 @@ A trajectory of ``length`` samples (after a burn-in that forgets the initial con
 statistics of its first ``train_fraction`` (training and validation parts, so nothing leaks from the test part), cut
 into look-back windows with one-step-ahead targets, and split chronologically: every test target comes after
 every training target. Integration runs on Python floats: the state is 1-3 numbers, where numpy or torch
-per-step overhead would dominate.
+per-step overhead would dominate. The trajectories are numpy arrays: these tasks need the ``experiments`` extra
+(numpy is imported where it is used, so that ``dopamine_fast.tasks`` imports without it).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 
+from .._extras import require
 from .base import Task
 from .models import ElmanForecaster
 
+if TYPE_CHECKING:
+    import numpy as np
+
 Vector = Tuple[float, ...]
+
+
+def _numpy():
+    return require("numpy", "the chaotic tasks")
 
 
 def _rk4(f: Callable[[Vector], Vector], x: Vector, h: float) -> Vector:
@@ -31,6 +39,7 @@ def _rk4(f: Callable[[Vector], Vector], x: Vector, h: float) -> Vector:
 
 def _ode_trajectory(f, x0: Vector, h: float, substeps: int, length: int, burn_in: int) -> np.ndarray:
     """``length`` samples ``substeps * h`` apart, RK4 with step ``h``, after ``burn_in`` discarded samples."""
+    np = _numpy()
     x = tuple(x0)
     out = np.empty((length, len(x)), dtype=np.float64)
     for i in range(burn_in + length):
@@ -75,6 +84,7 @@ def mackey_glass_trajectory(length: int = 5000, tau: float = 17.0, sample_every:
     ``x0`` before time 0) and integrated with RK4; the delayed term at the half step is the mean of its two
     grid neighbours. Samples are ``sample_every`` apart.
     """
+    np = _numpy()
     delay = int(round(tau / h))
     substeps = int(round(sample_every / h))
     if delay < 1 or substeps < 1 or abs(delay * h - tau) > 1e-9 or abs(substeps * h - sample_every) > 1e-9:
@@ -190,6 +200,7 @@ def forecast_task(system: str, length: int = 5000, lookback: int = 32, train_fra
                   threshold: Optional[float] = None,
                   **system_options) -> ForecastTask:
     """A forecasting task on ``system`` (one of ``GENERATORS``); sizes are checked before anything is integrated."""
+    np = _numpy()
     if system not in GENERATORS:
         raise ValueError(f"unknown system {system!r}; valid: {sorted(GENERATORS)}")
     if lookback < 1 or horizon < 1 or rollouts < 1:
