@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import ctypes
 import importlib.metadata
 import json
 import math
@@ -19,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
@@ -33,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 import dopamine_fast  # noqa: E402
 from dopamine_fast import backends  # noqa: E402
+from dopamine_fast.experiments.memory import PeakMemory  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results"
 REPEATS = 5
@@ -165,64 +164,8 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = REP
 
 
 # -- peak memory -----------------------------------------------------------------------------------------------
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_high_water() -> bool:
-    """Reset the kernel's resident-set high-water mark (VmHWM) of this process; False where not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _trim_heap() -> None:
-    # Freed heap pages go back to the OS, so the baseline counts what is live now, not what earlier cases left.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class _RssSampler:
-    """Fallback where VmHWM cannot be reset: sample the resident set from a thread."""
-
-    def __init__(self, interval_s: float = 0.001):
-        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.interval_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
 def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
-    """Memory one call of ``fn`` needs above what is live before it, in MiB.
+    """Memory one call of ``fn`` needs above what is live before it, in MiB (the package's ``PeakMemory``).
 
     CUDA: the caching allocator's peak. CPU: the growth of the process's resident set at its high-water mark
     (the kernel's VmHWM, reset just before the call), which sees every allocation, torch's or a library's.
@@ -230,23 +173,10 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    meter = PeakMemory(device)
+    with meter.active():
         fn()
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    _trim_heap()
-    if os.path.exists("/proc/self/clear_refs") and _reset_rss_high_water():
-        base = _status_kb("VmRSS")
-        fn()
-        peak = _status_kb("VmHWM")
-        return max(peak - base, 0) / 1024
-    if not os.path.exists("/proc/self/statm"):
-        return float("nan")
-    with _RssSampler() as sampler:
-        base = sampler._rss()
-        fn()
-    return max(sampler.peak - base, 0) / 2**20
+    return meter.peak_mb
 
 
 # -- the machine -----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dopamine_fast import cli
 from dopamine_fast.optim.perturbation_optimizer import PerturbationOptimizer
 
 kill_at = int(sys.argv[1])
-original = PerturbationOptimizer._step_from_losses
+original = PerturbationOptimizer.step_from_losses
 
 def step_from_losses(self, losses, plan):
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
@@ -31,7 +31,7 @@ def step_from_losses(self, losses, plan):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, losses, plan)
 
-PerturbationOptimizer._step_from_losses = step_from_losses
+PerturbationOptimizer.step_from_losses = step_from_losses
 sys.exit(cli.main(sys.argv[2:]))
 """
 

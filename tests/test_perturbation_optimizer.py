@@ -92,6 +92,28 @@ def test_step_from_losses_checks_the_count(cls):
         opt.step_from_losses(torch.zeros(4))
 
 
+@pytest.mark.parametrize("cls", OPTIMIZERS + [df.PerturbationGradient])
+def test_step_from_losses_takes_only_the_plan_of_this_step(cls):
+    w, loss = quadratic()
+    opt = cls([w], num_perturbations=4, seed=3)
+    stale = opt.plan()
+    opt.step(loss)
+    w.grad = torch.ones_like(w)
+    before, state = w.detach().clone(), copy.deepcopy(opt.state_dict())
+    other = cls([torch.nn.Parameter(w.detach().clone())], num_perturbations=4, seed=4)
+    for plan in (stale, other.plan(), cls([w], num_perturbations=2, seed=3).plan()):
+        with pytest.raises(ValueError, match="plan is not the plan of"):
+            opt.step_from_losses(torch.zeros(5), plan)
+    with pytest.raises(TypeError, match="plan must be"):
+        opt.step_from_losses(torch.zeros(5), "plan")
+    assert torch.equal(w.detach(), before) and torch.equal(w.grad, torch.ones_like(w))  # nothing changed
+    assert opt.state_dict()["state"]["global"] == state["state"]["global"]
+    plan = opt.plan()
+    losses = torch.tensor([1.0, 1.5, 0.5, 1.2, 0.8])
+    assert opt.step_from_losses(losses, plan) == 1.0
+    assert opt.state["global"]["step"] == 2
+
+
 @pytest.mark.parametrize("cls", OPTIMIZERS)
 def test_state_dict_resumes_bit_exactly(cls):
     def make():

@@ -250,8 +250,9 @@ def test_step_with_population_matches_step_from_losses():
     (a, opt_a), (b, opt_b) = make_pair(mlp, optimizer=df.Dopamine)
     pop_a, pop_b = df.Population(a), df.Population(b)
     base = opt_a.step(population=pop_a, inputs=x, targets=y)
-    losses = pop_b(opt_b.plan(), x, y)
-    assert base == opt_b.step_from_losses(losses) == float(losses[0])
+    plan = opt_b.plan()
+    losses = pop_b(plan, x, y)
+    assert base == opt_b.step_from_losses(losses, plan) == float(losses[0])
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="closure or a population"):

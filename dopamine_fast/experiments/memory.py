@@ -1,9 +1,19 @@
-"""Peak training memory of a run: device memory on CUDA, resident set growth on the CPU.
+"""Peak memory of a run or of one call: device memory on CUDA, resident set growth on the CPU.
+
+The one meter of the package and of the benchmarks (``bench/common.py::peak_memory_mb`` runs one call under it).
+It counts the peak above what was live when the meter was made, inside ``with meter.active():`` blocks only:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` (reset at the start of each block) minus ``memory_allocated`` at
+  construction: the caching allocator's peak of live tensors.
+- CPU: the process's resident set at its high-water mark. Where the kernel lets the mark be reset
+  (``/proc/self/clear_refs``, Linux), it is reset at the start of each block and read back (``VmHWM``) at its
+  end, which sees every allocation, torch's or a library's, however short. Elsewhere a thread samples the
+  resident set while a block runs (a spike shorter than the sampling interval can be missed).
 
 ``tracemalloc`` and ``resource.ru_maxrss`` do not fit: the first misses tensors (torch allocates outside Python's
-allocator), the second is a process-wide high-water mark that earlier runs in the same process already set. On
-the CPU a thread samples the resident set size while the meter is active; freed heap memory is handed back to
-the OS first (``malloc_trim``) so the baseline is what is live now, not what earlier runs left behind.
+allocator), the second is a process-wide high-water mark that earlier runs in the same process already set (it is
+only the last resort where there is no procfs). Freed heap memory is handed back to the OS first
+(``malloc_trim``) so the baseline is what is live now, not what earlier runs left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import ctypes
 import os
 import threading
 import time
+from typing import Optional
 
 import torch
 
@@ -26,6 +37,28 @@ def _rss_bytes() -> int:
     except OSError:  # no procfs (macOS): fall back to the high-water mark, which only ever grows
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status_kb(field: str) -> Optional[int]:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_high_water() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) of this process; False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _trim_heap() -> None:
@@ -60,6 +93,12 @@ class PeakMemory:
             finally:
                 torch.cuda.synchronize(self.device)
                 self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+            return
+        if _status_kb("VmHWM") is not None and _reset_rss_high_water():
+            try:
+                yield
+            finally:
+                self.peak = max(self.peak, _status_kb("VmHWM") * 1024)
             return
         stop = threading.Event()
 

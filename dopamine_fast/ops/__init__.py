@@ -16,7 +16,7 @@ import torch
 from .. import _native, _triton_support, backends
 from . import validation
 from .validation import ACTIVATIONS, NONLINEARITIES
-from .members import member_noise_ids, num_noise_ids
+from ..plan import member_noise_ids, num_noise_ids
 from .noise import (expand_noise, low_rank_numel, noise_bits_reference, noise_reference, check_counter_args)
 from .perturbed_linear import perturbed_linear_reference
 from .perturbed_rnn import perturbed_rnn_reference

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .members import member_noise_ids
+from ..plan import member_noise_ids
 from .noise import low_rank_numel, noise_reference
 
 # Upper bound on the normals one chunk of members materialises in the references.

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .members import num_noise_ids
+from ..plan import num_noise_ids
 from .noise import low_rank_numel
 from .noise_triton import fill_noise
 from .philox_triton import as_u32, block_normals, counter_words, element_normals, interleave4, member_noise

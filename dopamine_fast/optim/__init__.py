@@ -1,9 +1,9 @@
 """Weight-perturbation optimizers shaped like ``torch.optim``."""
 
+from ..plan import ParamNoise, PerturbationPlan
 from .divergence import DivergenceError
 from .dopamine import PRESETS, Dopamine
 from .dopamine2 import Dopamine2
-from .functional import ParamNoise, PerturbationPlan
 from .perturbation_gradient import PerturbationGradient
 from .perturbation_optimizer import PerturbationOptimizer
 from .weight_perturbation import WeightPerturbation

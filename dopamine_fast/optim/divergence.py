@@ -18,7 +18,6 @@ import warnings
 
 import torch
 
-MODES = ("warn", "raise", "restore")
 FACTOR = 10.0
 PATIENCE = 5
 
@@ -54,41 +53,76 @@ def _diverged(loss: float, state: dict) -> bool:
     return best != 0 and loss > best + (FACTOR - 1) * abs(best) and loss > state["first_loss"]
 
 
+class DivergenceRule:
+    """What the guard does for one ``on_divergence`` mode (the string is what the API and ``state_dict`` hold)."""
+
+    def on_best(self, optimizer) -> None:
+        """A new best loss was seen (the weights are those that reached it)."""
+
+    def on_diverged(self, optimizer, state: dict, what: str) -> bool:
+        """The loss has diverged (``what`` says how); returns False when the step's update must not be applied."""
+        raise NotImplementedError
+
+
+class Warn(DivergenceRule):
+    """One warning naming the learning rate to lower; training goes on."""
+
+    def on_diverged(self, optimizer, state, what):
+        if not state["warned"]:
+            state["warned"] = True
+            warnings.warn(f"{what}; lower lr (now {optimizer.param_groups[0]['lr']:g}), or sigma. "
+                          f"(on_divergence='restore' goes back to the best weights and halves lr; 'raise' stops)",
+                          RuntimeWarning, stacklevel=5)
+        return True
+
+
+class Raise(DivergenceRule):
+    """``DivergenceError``; the weights are those of the step that saw it, not updated."""
+
+    def on_diverged(self, optimizer, state, what):
+        raise DivergenceError(f"{what}; lower lr (now {optimizer.param_groups[0]['lr']:g}), or sigma. The weights "
+                              f"are those of the step that noticed it, not updated")
+
+
+class Restore(DivergenceRule):
+    """Back to the best weights seen (one O(P) copy, kept at every new best), lr halved, a warning."""
+
+    def on_best(self, optimizer):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["best_weights"] = p.detach().clone()
+
+    def on_diverged(self, optimizer, state, what):
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.5
+                for p in group["params"]:
+                    best = optimizer.state[p].get("best_weights")
+                    if best is not None:
+                        p.copy_(best)
+        state["strikes"] = 0
+        state["restores"] += 1
+        warnings.warn(f"{what}; restored the best weights and halved lr to {optimizer.param_groups[0]['lr']:g} "
+                      f"(restore {state['restores']})", RuntimeWarning, stacklevel=5)
+        return False
+
+
+RULES = {"warn": Warn(), "raise": Raise(), "restore": Restore()}  # on_divergence -> its rule
+MODES = tuple(RULES)
+
+
 def check(optimizer, state: dict, mode: str, loss: float) -> bool:
     """Account for this step's unperturbed ``loss``; returns False when the step's update must not be applied."""
+    rule = RULES[mode]
     if math.isnan(state["first_loss"]):
         state["first_loss"] = loss
     if loss < state["best_loss"]:
         state["best_loss"], state["strikes"] = loss, 0
-        if mode == "restore":
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    optimizer.state[p]["best_weights"] = p.detach().clone()
+        rule.on_best(optimizer)
         return True
     state["strikes"] = state["strikes"] + 1 if _diverged(loss, state) else 0
     if state["strikes"] < PATIENCE:
         return True
-    name, lr = type(optimizer).__name__, optimizer.param_groups[0]["lr"]
-    what = (f"{name}: the loss ({loss:.4g}) has stayed above {FACTOR:g}x the best seen ({state['best_loss']:.4g}) "
-            f"for {PATIENCE} steps: the steps are too large")
-    if mode == "raise":
-        raise DivergenceError(f"{what}; lower lr (now {lr:g}), or sigma. The weights are those of the step that "
-                              f"noticed it, not updated")
-    if mode == "warn":
-        if not state["warned"]:
-            state["warned"] = True
-            warnings.warn(f"{what}; lower lr (now {lr:g}), or sigma. (on_divergence='restore' goes back to the best "
-                          f"weights and halves lr; 'raise' stops)", RuntimeWarning, stacklevel=4)
-        return True
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            group["lr"] *= 0.5
-            for p in group["params"]:
-                best = optimizer.state[p].get("best_weights")
-                if best is not None:
-                    p.copy_(best)
-    state["strikes"] = 0
-    state["restores"] += 1
-    warnings.warn(f"{what}; restored the best weights and halved lr to {optimizer.param_groups[0]['lr']:g} "
-                  f"(restore {state['restores']})", RuntimeWarning, stacklevel=4)
-    return False
+    what = (f"{type(optimizer).__name__}: the loss ({loss:.4g}) has stayed above {FACTOR:g}x the best seen "
+            f"({state['best_loss']:.4g}) for {PATIENCE} steps: the steps are too large")
+    return rule.on_diverged(optimizer, state, what)

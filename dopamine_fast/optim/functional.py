@@ -6,39 +6,12 @@ holds no state; the optimizer classes keep the state and call these functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
 from .. import ops
-
-
-@dataclass(frozen=True)
-class ParamNoise:
-    """How one parameter is perturbed: its noise stream, scale and rank."""
-
-    param: torch.Tensor
-    stream: int
-    sigma: float
-    rank: int
-
-
-@dataclass(frozen=True)
-class PerturbationPlan:
-    """Everything a batched evaluator needs to reproduce a step's members (docs/noise.md)."""
-
-    seed: int
-    step: int
-    num_members: int  # 1 + K: member 0 is the unperturbed model
-    antithetic: bool
-    params: Tuple[ParamNoise, ...]
-    members: Optional[range] = None  # the members this process evaluates (dopamine_fast.distributed); None: all
-
-    @property
-    def local_members(self) -> range:
-        """The members an evaluator of this plan computes losses for, in order."""
-        return range(self.num_members) if self.members is None else self.members
+from ..plan import ParamNoise, PerturbationPlan
 
 
 def reward_prediction_errors(losses: torch.Tensor, antithetic: bool) -> torch.Tensor:
@@ -112,5 +85,5 @@ def mean_abs(delta: torch.Tensor) -> float:
     return float(delta.abs().mean()) if delta.numel() else 0.0
 
 
-__all__ = ["ParamNoise", "PerturbationPlan", "reward_prediction_errors", "wp_coefficients", "apply_noise_combination",
+__all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination",
            "member_perturbations", "check_scalar_loss", "is_finite", "mean_abs"]

@@ -41,11 +41,10 @@ class PerturbationGradient(PerturbationOptimizer):
         defaults = dict(lr=1.0, sigma=sigma, rank=rank, max_grad_norm=None)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, process_group=process_group)
 
-    def _step_from_losses(self, losses: torch.Tensor, plan) -> float:
+    def _begin_update(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None  # a skipped step leaves no stale estimate behind
-        return super()._step_from_losses(losses, plan)
 
     def _update(self, plan, losses):
         delta = reward_prediction_errors(losses, plan.antithetic)

@@ -10,10 +10,10 @@ import torch
 from torch.optim import Optimizer
 
 from ..distributed.parallel import as_parallel
-from ..ops import member_noise_ids
 from ..ops.noise import MAX_SEED
+from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from . import divergence
-from .functional import ParamNoise, PerturbationPlan, check_scalar_loss, is_finite, member_perturbations
+from .functional import check_scalar_loss, is_finite, member_perturbations
 
 GLOBAL_STATE = "global"
 # Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
@@ -44,8 +44,8 @@ class PerturbationOptimizer(Optimizer):
     A step evaluates ``M = 1 + K`` members: the unperturbed parameters and K perturbed copies
     (antithetic pairs ``+eps_j, -eps_j`` when asked), with noise regenerated from (seed, step, stream, id)
     and never stored. ``step(closure)`` evaluates them one after the other in place (perturb, evaluate,
-    restore from one O(P) copy); ``step_from_losses(losses)`` takes the M losses from a batched evaluator
-    that followed ``plan()``.
+    restore from one O(P) copy); ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator
+    that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
 
     Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored bit for bit before the
     exception goes on, and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
@@ -161,7 +161,7 @@ class PerturbationOptimizer(Optimizer):
             losses = self._evaluate_in_place(closure, local)
         if self._parallel is not None:
             losses = self._parallel.combine(losses, plan, targets)
-        return self._step_from_losses(losses, plan)
+        return self.step_from_losses(losses, plan)
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:
         """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
@@ -198,16 +198,27 @@ class PerturbationOptimizer(Optimizer):
                                f"(autograd said: {err})") from err
 
     @torch.no_grad()
-    def step_from_losses(self, losses: torch.Tensor) -> float:
-        """Update from the losses of the ``1 + K`` members of ``plan()`` (member 0 unperturbed)."""
-        return self._step_from_losses(losses, self.plan())
+    def step_from_losses(self, losses: torch.Tensor, plan: Optional[PerturbationPlan] = None) -> float:
+        """Finish this step from the losses of its ``1 + K`` members, as a batched evaluator computed them.
 
-    def _step_from_losses(self, losses: torch.Tensor, plan: PerturbationPlan) -> float:
-        """``step_from_losses`` with the plan the losses came from (``step`` has built it already)."""
+        ``losses`` are those of the members of ``plan`` (member 0 unperturbed, docs/noise.md), in order;
+        ``plan`` is the one this optimizer built for its current step (``plan()``), as the evaluator followed
+        it: ``step_from_losses(population(plan, x, y), plan)``. Without ``plan`` the losses must follow the plan
+        ``plan()`` builds now. Returns the unperturbed loss ``losses[0]``.
+
+        A plan of another step, seed or member count, or the wrong number of losses, raises ValueError
+        (anything but a ``PerturbationPlan``: TypeError) before anything changes. Losses that are not all
+        finite skip the step (weights unchanged, the step counted).
+        """
+        if plan is None:
+            plan = self.plan()
+        else:
+            self._check_plan(plan)
         losses = torch.as_tensor(losses).detach().reshape(-1)
         if losses.numel() != self.num_members:
             raise ValueError(f"expected {self.num_members} losses (the unperturbed model and "
                              f"{self.num_members - 1} perturbed members), got {losses.numel()}")
+        self._begin_update()
         st = self.state[GLOBAL_STATE]
         if not is_finite(losses):
             st["skipped_steps"] += 1
@@ -218,6 +229,23 @@ class PerturbationOptimizer(Optimizer):
             self._update(plan, losses.double())
         st["step"] += 1
         return float(losses[0])
+
+    def _check_plan(self, plan) -> None:
+        """Raise unless ``plan`` is the plan of this optimizer's current step (same seed, step and members)."""
+        if not isinstance(plan, PerturbationPlan):
+            raise TypeError(f"plan must be the PerturbationPlan of this step (optimizer.plan()), "
+                            f"got {type(plan).__name__}")
+        st = self.state[GLOBAL_STATE]
+        built = (plan.seed, plan.step, plan.num_members, plan.antithetic)
+        current = (st["seed"], st["step"], self.num_members, st["antithetic"])
+        if built != current:
+            raise ValueError(f"plan is not the plan of {type(self).__name__}'s current step: it has seed={built[0]}, "
+                             f"step={built[1]}, num_members={built[2]}, antithetic={built[3]}, the optimizer "
+                             f"seed={current[0]}, step={current[1]}, num_members={current[2]}, "
+                             f"antithetic={current[3]}; pass the plan() the losses were evaluated with, at this step")
+
+    def _begin_update(self) -> None:
+        """Called by ``step_from_losses`` once the losses and plan are accepted, before the update or the skip."""
 
     def _update(self, plan: PerturbationPlan, losses: torch.Tensor) -> None:
         """Apply the step from the finite member losses [1 + K] (float64) of ``plan``."""

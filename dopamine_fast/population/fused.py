@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..optim.functional import ParamNoise, PerturbationPlan
+from ..plan import ParamNoise, PerturbationPlan
 
 RNN_MODES = {"RNN_TANH", "RNN_RELU"}
 
@@ -28,8 +28,9 @@ class Unsupported(Exception):
 
 
 @dataclass(frozen=True)
-class Members:
-    """What every layer needs to evaluate one plan's members."""
+class FusedCall:
+    """The context of one fused evaluation, which every step reads: the plan, each parameter's noise, the
+    shape of the inputs (for error messages)."""
 
     plan: PerturbationPlan
     noise: Dict[int, ParamNoise]  # id(parameter) -> its noise; parameters outside the plan stay unperturbed
@@ -52,10 +53,10 @@ def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _shape_error(name: str, module: nn.Module, h: torch.Tensor, shared: bool, expected: str,
-                 members: Members) -> ValueError:
+                 call: FusedCall) -> ValueError:
     shape = tuple(h.shape if shared else h.shape[1:])
     return ValueError(f"layer {name} ({module}) expects inputs of shape {expected}, got {shape}; the model's "
-                      f"inputs have shape {members.inputs_shape}")
+                      f"inputs have shape {call.inputs_shape}")
 
 
 class Step:
@@ -65,7 +66,7 @@ class Step:
 
     perturbs = False
 
-    def check(self, members: Members) -> None:
+    def check(self, call: FusedCall) -> None:
         pass
 
     def row_numel(self, inputs: Sequence[int]) -> int:
@@ -81,8 +82,8 @@ class LinearStep(Step):
     def __init__(self, name: str, module: nn.Linear):
         self.name, self.module, self.activation = name, module, "none"
 
-    def check(self, members: Members) -> None:
-        members.layer_noise(self.module, [self.module.weight, self.module.bias])
+    def check(self, call: FusedCall) -> None:
+        call.layer_noise(self.module, [self.module.weight, self.module.bias])
 
     def row_numel(self, inputs):
         return inputs[0] // self.module.in_features * self.module.out_features
@@ -90,11 +91,11 @@ class LinearStep(Step):
     def scratch_numel(self, inputs, threads):
         return self.row_numel(inputs), 0  # x W^T of a shared input, held once for all members (low rank)
 
-    def __call__(self, value: Value, members: Members) -> Value:
-        (h, shared), m, plan = value, self.module, members.plan
+    def __call__(self, value: Value, call: FusedCall) -> Value:
+        (h, shared), m, plan = value, self.module, call.plan
         if h.dim() < 1 + (not shared) or h.shape[-1] != m.in_features:
-            raise _shape_error(self.name, m, h, shared, f"[..., {m.in_features}]", members)
-        sigma, rank, (weight_stream, bias_stream) = members.layer_noise(m, [m.weight, m.bias])
+            raise _shape_error(self.name, m, h, shared, f"[..., {m.in_features}]", call)
+        sigma, rank, (weight_stream, bias_stream) = call.layer_noise(m, [m.weight, m.bias])
         count = plan.num_members
         lead = h.shape[:-1] if shared else h.shape[1:-1]
         # The op takes [B, in] or [M, B, in]: any further leading dimensions fold into the batch.
@@ -117,12 +118,12 @@ class RNNStep(Step):
         names = [f"weight_ih_l{layer}", f"weight_hh_l{layer}", f"bias_ih_l{layer}", f"bias_hh_l{layer}"]
         return [getattr(rnn, n) if rnn.bias or n.startswith("weight") else None for n in names]
 
-    def check(self, members: Members) -> None:
+    def check(self, call: FusedCall) -> None:
         rnn = self.module
         if rnn.training and rnn.dropout > 0 and rnn.num_layers > 1:
             raise Unsupported(f"{rnn} applies dropout between layers in training mode (call model.eval())")
         for layer in range(rnn.num_layers):
-            members.layer_noise(rnn, self.layer_tensors(layer))
+            call.layer_noise(rnn, self.layer_tensors(layer))
 
     def row_numel(self, inputs):
         return self.module.hidden_size
@@ -135,16 +136,16 @@ class RNNStep(Step):
         between = 2 * steps * hidden if self.module.num_layers > 1 else 0
         return (threads + 1) * steps * hidden, hidden + between
 
-    def __call__(self, value: Value, members: Members) -> Value:
-        (h, shared), rnn, plan = value, self.module, members.plan
+    def __call__(self, value: Value, call: FusedCall) -> Value:
+        (h, shared), rnn, plan = value, self.module, call.plan
         shape = h.shape if shared else h.shape[1:]
         if len(shape) != 3 or shape[-1] != rnn.input_size:
             layout = "[batch, seq, {}]" if rnn.batch_first else "[seq, batch, {}]"
-            raise _shape_error(self.name, rnn, h, shared, layout.format(rnn.input_size), members)
+            raise _shape_error(self.name, rnn, h, shared, layout.format(rnn.input_size), call)
         x = h if rnn.batch_first else h.transpose(-3, -2)  # the op reads batch-first sequences
         for layer in range(rnn.num_layers):
             tensors = self.layer_tensors(layer)
-            sigma, rank, streams = members.layer_noise(rnn, tensors)
+            sigma, rank, streams = call.layer_noise(rnn, tensors)
             x = ops.perturbed_rnn(x.contiguous(), None, *map(_detached, tensors), plan.seed, plan.step, streams,
                                   sigma, plan.num_members, rank, True, plan.antithetic, rnn.nonlinearity,
                                   layer < rnn.num_layers - 1)
@@ -157,11 +158,11 @@ class ElementwiseStep(Step):
     def __init__(self, name: str, fn: Callable, args: tuple = (), kwargs: Optional[dict] = None):
         self.name, self.fn, self.args, self.kwargs = name, fn, args, kwargs or {}
 
-    def check(self, members: Members) -> None:
+    def check(self, call: FusedCall) -> None:
         if isinstance(self.fn, nn.Dropout) and self.fn.training and self.fn.p > 0:
             raise Unsupported(f"layer {self.name} ({self.fn}) is in training mode (call model.eval())")
 
-    def __call__(self, value: Value, members: Members) -> Value:
+    def __call__(self, value: Value, call: FusedCall) -> Value:
         h, shared = value
         return self.fn(h, *self.args, **self.kwargs), shared
 
@@ -170,7 +171,7 @@ class FlattenStep(Step):
     def __init__(self, name: str, module: nn.Flatten):
         self.name, self.module = name, module
 
-    def __call__(self, value: Value, members: Members) -> Value:
+    def __call__(self, value: Value, call: FusedCall) -> Value:
         h, shared = value
         if shared:
             return self.module(h), shared
@@ -185,13 +186,13 @@ class AddStep(Step):
     def __init__(self, name: str):
         self.name = name
 
-    def __call__(self, a: Value, b: Value, members: Members) -> Value:
+    def __call__(self, a: Value, b: Value, call: FusedCall) -> Value:
         (x, x_shared), (y, y_shared) = a, b
         x_shape, y_shape = (x.shape if x_shared else x.shape[1:]), (y.shape if y_shared else y.shape[1:])
         if x_shape != y_shape:
             raise ValueError(f"{self.name} adds activations of shapes {tuple(x_shape)} and {tuple(y_shape)}; the "
                              f"fused path adds activations of one shape only (the model's inputs have shape "
-                             f"{members.inputs_shape})")
+                             f"{call.inputs_shape})")
         return x + y, x_shared and y_shared  # a shared [B, ...] broadcasts over the members' [M, B, ...]
 
 
@@ -204,7 +205,7 @@ class Instruction:
 
 
 class FusedProgram:
-    """A model compiled into fused steps (graph.compile); ``program(inputs, members)`` gives the outputs of all
+    """A model compiled into fused steps (graph.compile); ``program(inputs, call)`` gives the outputs of all
     members, [M, B, ...]. Slot 0 holds the inputs, ``batch_dim`` is where their batch lies (None: unknown)."""
 
     def __init__(self, instructions: List[Instruction], output: int, batch_dim: Optional[int]):
@@ -213,23 +214,23 @@ class FusedProgram:
             later = {slot for later_ins in instructions[i + 1:] for slot in later_ins.inputs}
             ins.frees = tuple(s for s in set(ins.inputs) if s not in later and s != output and s != 0)
 
-    def check(self, members: Members) -> None:
+    def check(self, call: FusedCall) -> None:
         """Raises ``Unsupported`` when this plan or the modules' modes rule the fused path out."""
         for ins in self.instructions:
-            ins.step.check(members)
+            ins.step.check(call)
 
-    def __call__(self, inputs: torch.Tensor, members: Members, max_rows: Optional[int] = None) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, call: FusedCall, max_rows: Optional[int] = None) -> torch.Tensor:
         """All members' outputs; with ``max_rows``, computed for at most that many batch rows at a time."""
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
         rows = self.rows(inputs)
         if max_rows is None or self.batch_dim is None or rows <= max_rows:
-            return self._run(inputs, members)
+            return self._run(inputs, call)
         # Each row's outputs depend on that row alone, so row chunks give the same outputs, side by side.
         outputs = None
         for r0 in range(0, rows, max_rows):
             count = min(max_rows, rows - r0)
-            chunk = self._run(inputs.narrow(self.batch_dim, r0, count), members)
+            chunk = self._run(inputs.narrow(self.batch_dim, r0, count), call)
             if outputs is None:
                 outputs = chunk.new_empty(chunk.shape[0], rows, *chunk.shape[2:])
             outputs.narrow(1, r0, count).copy_(chunk)
@@ -241,14 +242,14 @@ class FusedProgram:
             return 1
         return inputs.shape[self.batch_dim]
 
-    def _run(self, inputs: torch.Tensor, members: Members) -> torch.Tensor:
+    def _run(self, inputs: torch.Tensor, call: FusedCall) -> torch.Tensor:
         values: Dict[int, Value] = {0: (inputs, True)}
         for ins in self.instructions:
-            values[ins.output] = ins.step(*[values[s] for s in ins.inputs], members)
+            values[ins.output] = ins.step(*[values[s] for s in ins.inputs], call)
             for slot in ins.frees:
                 del values[slot]  # the next steps' activations replace it, never sit beside it
         h, shared = values[self.output]
-        return h.expand(members.plan.num_members, *h.shape) if shared else h
+        return h.expand(call.plan.num_members, *h.shape) if shared else h
 
     def row_footprint(self, inputs: torch.Tensor, num_members: int, itemsize: int, threads: int) -> Tuple[int, int]:
         """Per batch row: the most memory a run takes at any point (live activations plus the kernels' scratch),

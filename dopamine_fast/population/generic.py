@@ -16,8 +16,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .. import ops
-from ..optim.functional import ParamNoise, PerturbationPlan, member_perturbations
+from ..optim.functional import member_perturbations
+from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from .losses import member_losses
 
 # Perturbed parameters one chunk may hold when the user sets no chunk size.
@@ -68,7 +68,7 @@ class GenericPath:
     def __call__(self, plan: PerturbationPlan, noise: Dict[int, ParamNoise], inputs, targets,
                  loss_fn: Callable) -> torch.Tensor:
         perturbed = [(name, noise[id(p)]) for name, p in self.model.named_parameters() if id(p) in noise]
-        ids, signs = ops.member_noise_ids(plan.num_members, True, plan.antithetic)
+        ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
         param_bytes = sum(pn.param.numel() * pn.param.element_size() for _, pn in perturbed)
         size = self.chunk_size or (None if self.max_memory else max(1, DEFAULT_CHUNK_BYTES // max(1, param_bytes)))
         losses = []

@@ -8,8 +8,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..optim.functional import ParamNoise, PerturbationPlan
-from .fused import FusedProgram, Members, Unsupported
+from ..plan import ParamNoise, PerturbationPlan
+from .fused import FusedCall, FusedProgram, Unsupported
 from .generic import GenericPath
 from .graph import compile_model, unwrap
 from .losses import LossSpec, member_losses, resolve
@@ -25,6 +25,7 @@ class Population:
         opt = dopamine_fast.Dopamine(model.parameters(), num_perturbations=256)
         for x, y in loader:
             opt.step(population=pop, inputs=x, targets=y)
+            # the same step by hand: plan = opt.plan(); opt.step_from_losses(pop(plan, x, y), plan)
 
     Two paths, the same numbers:
 
@@ -97,11 +98,11 @@ class Population:
         noise = self._noise_of(plan)
         if not plan.local_members:  # more ranks than members: this one has none to evaluate
             return next(self.model.parameters()).new_empty(0)
-        members = Members(plan, noise, tuple(getattr(inputs, "shape", ())))
-        reason = self._fused_blocker(members)
+        call = FusedCall(plan, noise, tuple(getattr(inputs, "shape", ())))
+        reason = self._fused_blocker(call)
         if reason is None:
             self.last_path = "fused"
-            outputs = self._program(inputs, members, self._max_rows(inputs, plan))
+            outputs = self._program(inputs, call, self._max_rows(inputs, plan))
             return member_losses(self.loss_fn, outputs, targets, plan.num_members)
         if self.fused is None:
             self._announce(reason, stacklevel=4)
@@ -142,17 +143,17 @@ class Population:
                              f"this model's parameters")
         return {id(pn.param): pn for pn in plan.params}
 
-    def _fused_blocker(self, members: Members) -> Optional[str]:
+    def _fused_blocker(self, call: FusedCall) -> Optional[str]:
         """None when this call runs on the fused path, else why not (raises if the user demanded it)."""
         if self._program is None:
             return self._off_reason
-        plan = members.plan
+        plan = call.plan
         try:
             if plan.local_members != range(plan.num_members):
                 raise Unsupported(f"this process evaluates members {plan.local_members.start}.."
                                   f"{plan.local_members.stop - 1} of {plan.num_members} only (member parallelism), "
                                   f"and the fused ops have no first-member offset")
-            self._program.check(members)
+            self._program.check(call)
         except Unsupported as why:
             if self.fused:
                 raise ValueError(f"fused=True, but the fused path cannot run {type(self.model).__name__}: "

@@ -1,0 +1,90 @@
+"""The contract between the perturbation optimizers and whoever evaluates their members.
+
+A step of a perturbation optimizer evaluates ``M = 1 + K`` *members*: the model and ``K`` perturbed copies
+of it, then updates the weights from their losses. A :class:`PerturbationPlan` is everything needed to
+reproduce those members anywhere: the counter-based noise key (``seed``, ``step``), the number of members,
+whether they come in antithetic pairs, and for each trained parameter its noise stream, scale ``sigma`` and
+rank (:class:`ParamNoise`). The noise itself is never stored; it is regenerated from the key
+(docs/noise.md).
+
+- **Who builds it:** the optimizer, once per step (``PerturbationOptimizer.plan()``), from its seed, its
+  step count and its parameter groups.
+- **Who reads it:** the batched evaluator ``dopamine_fast.Population`` (``pop(plan, x, y)`` returns the
+  member losses), the distributed sharding (``dopamine_fast.distributed`` narrows ``members`` to a rank's
+  share), and the drop-in closure path of ``optimizer.step(closure)``, which perturbs the weights in place
+  member by member. The losses go back to the optimizer with the plan they came from:
+  ``optimizer.step_from_losses(losses, plan)``.
+
+Member numbering (the "Members" section of docs/noise.md): member 0 is the unperturbed model (the baseline);
+with ``p = m - 1`` (or ``p = m`` without a baseline), member ``m`` carries noise id ``j = p`` and sign ``+1``,
+or with antithetic pairs noise id ``j = p // 2`` and sign ``+1`` for even ``p``, ``-1`` for odd ``p``. Its
+parameters are ``w + sign * sigma * eps_j``. :func:`member_noise_ids` gives this mapping and
+:func:`num_noise_ids` the number of distinct noise draws.
+
+This module imports only torch and the standard library: ``dopamine_fast.ops`` and ``dopamine_fast.optim``
+both import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class ParamNoise:
+    """How one parameter is perturbed: its noise stream, scale and rank."""
+
+    param: torch.Tensor
+    stream: int
+    sigma: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class PerturbationPlan:
+    """Everything a batched evaluator needs to reproduce a step's members (docs/noise.md)."""
+
+    seed: int
+    step: int
+    num_members: int  # 1 + K: member 0 is the unperturbed model
+    antithetic: bool
+    params: Tuple[ParamNoise, ...]
+    members: Optional[range] = None  # the members this process evaluates (dopamine_fast.distributed); None: all
+
+    @property
+    def local_members(self) -> range:
+        """The members an evaluator of this plan computes losses for, in order."""
+        return range(self.num_members) if self.members is None else self.members
+
+
+def num_noise_ids(num_members: int, baseline: bool, antithetic: bool) -> int:
+    """How many distinct noise draws ``num_members`` members use."""
+    perturbed = num_members - (1 if baseline else 0)
+    if perturbed <= 0:
+        return 0
+    return (perturbed + 1) // 2 if antithetic else perturbed
+
+
+def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=None):
+    """Noise id and sign of each member: ``(ids, signs)``, int64 and float32 tensors of length ``num_members``.
+
+    The unperturbed member (member 0 when ``baseline``) has id 0 and sign 0, so ``w + sign * sigma * eps``
+    is ``w`` for it whatever ``eps`` is.
+    """
+    m = torch.arange(num_members, device=device)
+    p = m - (1 if baseline else 0)
+    if antithetic:
+        ids = torch.div(p, 2, rounding_mode="floor")
+        signs = 1.0 - 2.0 * (p % 2).float()
+    else:
+        ids = p.clone()
+        signs = torch.ones(num_members, device=device)
+    signs = torch.where(p < 0, torch.zeros_like(signs), signs)
+    ids = ids.clamp_min(0)
+    return ids, signs
+
+
+__all__ = ["ParamNoise", "PerturbationPlan", "member_noise_ids", "num_noise_ids"]
