@@ -62,12 +62,12 @@ def main():
     args = common.parse_args(__doc__.splitlines()[0], budget_s=60, cuda_budget_s=60)
     rec = common.Recorder("dispatch", args, COLUMNS)
     rounds = ROUNDS["quick" if args.quick else "full"]
-    native_ns = getattr(torch.ops, df._native.NAMESPACE)
-    if df._native.load_error() is not None:
-        print(f"no compiled module ({df._native.load_error()}): nothing to compare against", flush=True)
+    native_ns = getattr(torch.ops, df.backends.native.NAMESPACE)
+    if df.backends.native.load_error() is not None:
+        print(f"no compiled module ({df.backends.native.load_error()}): nothing to compare against", flush=True)
     for op, (op_args, api) in cases(args.device).items():
-        if df._native.load_error() is not None or rec.out_of_time():
-            rec.skip("skipped: " + (df._native.load_error() or "the script's budget was spent"), op=op)
+        if df.backends.native.load_error() is not None or rec.out_of_time():
+            rec.skip("skipped: " + (df.backends.native.load_error() or "the script's budget was spent"), op=op)
             continue
         native, public = getattr(native_ns, op).default, getattr(torch.ops.dopamine_fast, op).default
         ways = {"native": lambda: native(*op_args), "public_op": lambda: public(*op_args), "python_api": api,

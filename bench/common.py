@@ -208,10 +208,10 @@ def machine_info(device: torch.device) -> Dict[str, object]:
         "torch": torch.__version__,
         "triton": module_version("triton"),
         "dopamine_fast": dopamine_fast.__version__,
-        "native_module": dopamine_fast._native.load_error() or "loaded",
+        "native_module": dopamine_fast.backends.native.load_error() or "loaded",
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "backends": {op: backends.available_backends(op, device) for op in dopamine_fast.ops.SCHEMAS},
+        "backends": {op: backends.available_backends(op, device) for op in dopamine_fast.ops.SPECS},
     }
     return info
 

@@ -1,5 +1,6 @@
-// The dopamine_fast_C op library: schemas (the same strings as SCHEMAS in dopamine_fast/ops/__init__.py) and
-// the argument checks every device shares. Kernels register themselves per device in csrc/cpu and csrc/cuda.
+// The argument checks every device of the dopamine_fast_C ops shares. The ops' schemas are not here: Python
+// defines them from dopamine_fast/ops/specs.py (dopamine_fast/backends/native.py), and the kernels in csrc/cpu and
+// csrc/cuda register implementations only; the dispatcher checks each kernel's C++ signature against the schema.
 #ifdef TORCH_EXTENSION_NAME
 #include <torch/extension.h>
 #else
@@ -172,21 +173,8 @@ int64_t noise_numel(c10::IntArrayRef shape, int64_t rank) {
 
 }  // namespace dopamine_fast
 
-TORCH_LIBRARY(dopamine_fast_C, m) {
-  m.def("noise_(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()");
-  m.def("noise_bits_(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()");
-  m.def(
-      "perturbed_linear(Tensor x, Tensor weight, Tensor? bias, int seed, int step, int weight_stream, "
-      "int bias_stream, float sigma, int num_members, int rank, bool baseline, bool antithetic, "
-      "str activation) -> Tensor");
-  m.def(
-      "perturbed_rnn(Tensor x, Tensor? h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
-      "int seed, int step, int[] streams, float sigma, int num_members, int rank, bool baseline, "
-      "bool antithetic, str nonlinearity, bool return_sequence) -> Tensor");
-  m.def("rpe_update_(Tensor(a!) param, Tensor coeffs, int seed, int step, int stream, int rank, float alpha) -> ()");
-}
-
 #ifdef TORCH_EXTENSION_NAME
-// Importing dopamine_fast._C loads this library, which registers the ops above; the module itself is empty.
+// Importing dopamine_fast._C loads the kernels' registrations (TORCH_LIBRARY_IMPL in csrc/cpu, csrc/cuda); the
+// module itself is empty.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
 #endif

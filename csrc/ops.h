@@ -1,8 +1,8 @@
 // Declarations shared by the CPU (csrc/cpu/*.cpp) and CUDA (csrc/cuda/*.cu) kernels of dopamine_fast_C.
 //
-// Each kernel file registers its own implementations with TORCH_LIBRARY_IMPL(dopamine_fast_C, CPU|CUDA, m);
-// csrc/ops.cpp declares the schemas (TORCH_LIBRARY) and defines the argument checks below, so every device
-// rejects bad input with the same messages.
+// Each kernel file registers its own implementations with TORCH_LIBRARY_IMPL(dopamine_fast_C, CPU|CUDA, m) against
+// the schemas Python defines from dopamine_fast/ops/specs.py; csrc/ops.cpp defines the argument checks below, so
+// every device rejects bad input with the same messages.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -58,8 +58,9 @@ void check_perturbed_rnn_args(const at::Tensor& x, const std::optional<at::Tenso
 void check_rpe_update_args(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step,
                            int64_t stream, int64_t rank);
 
-// The C++ signature of each op's kernels. Every device must register exactly these (the dispatcher refuses, when
-// the library loads, two kernels of one op with different signatures); register with e.g.
+// The C++ signature of each op's kernels, matching its schema in dopamine_fast/ops/specs.py (the dispatcher checks
+// every kernel against that schema when Python defines it, and refuses two kernels of one op with different
+// signatures); register with e.g.
 // m.impl("noise_", static_cast<NoiseKernel*>(&noise_cpu)) so that a mismatch fails to compile instead.
 using NoiseKernel = void(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id);
 using PerturbedLinearKernel = at::Tensor(const at::Tensor& x, const at::Tensor& weight,

@@ -33,7 +33,7 @@ from .experiments import DESCRIPTIONS, OPTIMIZERS, available_optimizers, compare
 from .experiments.live import CsvRows, StopOnInterrupt
 from .experiments.optimizers import PERTURBATION, build_stepper
 from .experiments.report import format_table, plot_run
-from .ops import SCHEMAS
+from .ops import SPECS
 from .tasks import TASKS, get_task, task_options
 from .tasks.chaotic import GENERATORS
 
@@ -211,7 +211,7 @@ def _check_backend(parser, backend: Optional[str], device: torch.device) -> None
     if backend is None:
         return
     with use_backend(backend):
-        for op in SCHEMAS:
+        for op in SPECS:
             try:
                 backends.select(op, device)
             except RuntimeError as err:

@@ -8,13 +8,14 @@ import threading
 import pytest
 import torch
 
-from dopamine_fast import _native, backend_info, backends, ops, use_backend
+from dopamine_fast import backend_info, backends, ops, use_backend
+from dopamine_fast.backends import native
 
 
 def test_reference_is_always_available():
-    for op in ops.SCHEMAS:
+    for op, spec in ops.SPECS.items():
         assert "reference" in backends.available_backends(op, "cpu")
-        assert backends.implementation(op, "reference") is ops.REFERENCES[op]
+        assert backends.implementation(op, "reference") is spec.reference
 
 
 def test_automatic_choice_prefers_compiled_code_and_never_the_interpreter():
@@ -46,7 +47,7 @@ def test_environment_variable_forces_a_backend(monkeypatch):
 def test_import_without_native_module_or_triton():
     code = ("import sys; sys.modules['triton'] = None\n"
             "import torch, dopamine_fast as df\n"
-            "assert df.ops._native.load_error() is not None\n"
+            "assert df.backends.native.load_error() is not None\n"
             "print(df.backend_info()['perturbed_linear']['cpu'])\n"
             "w = torch.nn.Parameter(torch.ones(3)); opt = df.Dopamine([w], num_perturbations=2)\n"
             "opt.step(lambda: (w ** 2).sum())\n")
@@ -104,38 +105,38 @@ def test_cached_choice_follows_the_environment_and_use_backend(monkeypatch):
     auto = backends.dispatch("noise_", device)
     assert backends.dispatch("noise_", device) is auto  # cached
     monkeypatch.setenv(backends.BACKEND_ENV, "reference")
-    assert backends.dispatch("noise_", device) is ops.REFERENCES["noise_"]
+    assert backends.dispatch("noise_", device) is ops.SPECS["noise_"].reference
     monkeypatch.setenv(backends.BACKEND_ENV, "auto")
     assert backends.dispatch("noise_", device) is auto
     with use_backend("reference"):
-        assert backends.dispatch("noise_", device) is ops.REFERENCES["noise_"]
+        assert backends.dispatch("noise_", device) is ops.SPECS["noise_"].reference
     assert backends.dispatch("noise_", device) is auto
 
 
 def test_a_gpu_without_a_kernel_image_falls_back_with_the_reason(monkeypatch):
     """A module built for 8.0-9.0 on a compute-capability 7.5 card: cuda reports why and another backend serves."""
-    if _native.load_error() is not None:
-        pytest.skip(f"no compiled module: {_native.load_error()}")
-    monkeypatch.setattr(_native, "_has_kernel", lambda op, key: True)  # as if built with CUDA kernels
+    if native.load_error() is not None:
+        pytest.skip(f"no compiled module: {native.load_error()}")
+    monkeypatch.setattr(native, "_has_kernel", lambda op, key: True)  # as if built with CUDA kernels
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    monkeypatch.setattr(_native, "built_cuda_arch_list", lambda: "8.0;8.6;8.9;9.0+PTX")
-    _native._device_image_problem.cache_clear()
+    monkeypatch.setattr(native, "built_cuda_arch_list", lambda: "8.0;8.6;8.9;9.0+PTX")
+    native._device_image_problem.cache_clear()
     backends.clear_cache()
     try:
-        why = _native.status("noise_", "CUDA")
+        why = native.status("noise_", "CUDA")
         assert "compute capability 7.5" in why and "8.0;8.6;8.9;9.0+PTX" in why
         assert backends.select("noise_", "cuda") != "cuda"
         assert "compute capability 7.5" in backend_info(explain=True)["noise_"]["cuda"]
         with use_backend("cuda"), pytest.raises(RuntimeError, match="no kernel image .*compute capability 7.5"):
             backends.select("noise_", "cuda")
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
-        _native._device_image_problem.cache_clear()
-        assert _native.status("noise_", "CUDA") is None
+        native._device_image_problem.cache_clear()
+        assert native.status("noise_", "CUDA") is None
     finally:
         monkeypatch.undo()
-        _native._device_image_problem.cache_clear()
+        native._device_image_problem.cache_clear()
         backends.clear_cache()
 
 
@@ -149,7 +150,7 @@ def test_a_gpu_without_a_kernel_image_falls_back_with_the_reason(monkeypatch):
     ((7, 5), "Ampere", True),  # a named list cannot be read: not held against the GPU
 ])
 def test_kernel_image_rule(capability, arch_list, runs):
-    assert (_native.image_problem(capability, arch_list) is None) == runs
+    assert (native.image_problem(capability, arch_list) is None) == runs
 
 
 def test_python_api_runs_the_chosen_kernel_and_traces_to_the_public_op():
@@ -174,3 +175,48 @@ def test_use_backend_none_keeps_the_environment_and_auto_overrides_it(monkeypatc
         assert backends.forced_backend() == "reference"
     with use_backend("auto"):
         assert backends.forced_backend() is None
+
+
+def test_each_op_is_specified_once_and_both_namespaces_share_its_schema():
+    for name, spec in ops.SPECS.items():
+        public = getattr(torch.ops.dopamine_fast, name).default._schema
+        assert str(public) == "dopamine_fast::" + name + spec.schema
+        assert public.arguments[spec.device_index].name == spec.device_arg
+        if native.load_error() is None:
+            compiled = getattr(torch.ops.dopamine_fast_C, name).default._schema
+            assert str(compiled) == "dopamine_fast_C::" + name + spec.schema
+    # C++ registers kernels only: a schema written there again could drift from the spec.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder, _, files in os.walk(os.path.join(root, "csrc")):
+        for file in files:
+            with open(os.path.join(folder, file)) as f:
+                assert "TORCH_LIBRARY(" not in f.read(), file
+
+
+def test_a_kernel_whose_signature_differs_from_the_schema_is_refused():
+    """The guard behind one schema: the dispatcher compares each C++ kernel's signature with the schema Python
+    defines, so a stale or wrong build fails to define the op instead of being called with the wrong arguments."""
+    if native.load_error() is not None:
+        pytest.skip(f"no compiled module: {native.load_error()}")
+    code = ("import importlib, torch, dopamine_fast\n"
+            "importlib.import_module('dopamine_fast._C')\n"
+            "lib = torch.library.Library('dopamine_fast_C', 'DEF')\n"
+            "try:\n"
+            "    lib.define('noise_(Tensor(a!) out, int seed, int step, float stream, int first_id) -> ()')\n"
+            "except RuntimeError as err:\n"
+            "    print(str(err).splitlines()[0])\n")
+    env = dict(os.environ, DOPAMINE_FAST_NO_NATIVE="1")  # the package leaves _C alone: the test loads it
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "doesn't match the expected function schema" in out.stdout
+
+
+def test_the_recorded_cuda_targets_are_read(monkeypatch):
+    """setup.py records beside the module what the CUDA kernels were built for; the loader must find that record
+    (a wrong import path would read as 'unknown' and never hold a missing kernel image against a GPU)."""
+    try:
+        from dopamine_fast import _build_config
+    except ImportError:
+        pytest.skip("no build record: the native module was not built by setup.py here")
+    monkeypatch.setattr(_build_config, "CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    assert native.built_cuda_arch_list() == "8.0;9.0+PTX"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TOLERANCES, backend_device_pairs
 
-from dopamine_fast import ops, use_backend
+from dopamine_fast import backends, ops, use_backend
 from dopamine_fast.ops import expand_noise, low_rank_numel, member_noise_ids, noise_reference, num_noise_ids
 
 K, B, IN, OUT = 3, 5, 37, 29
@@ -78,7 +78,7 @@ def test_backend_without_bias(backend, device):
 
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 def test_baseline_member_is_plain_forward_and_pairs_are_symmetric(backend):
-    if backend not in ops.backends.available_backends("perturbed_linear", "cpu"):
+    if backend not in backends.available_backends("perturbed_linear", "cpu"):
         pytest.skip(f"{backend} not available")
     x, w, b = make(torch.float64, True)
     with use_backend(backend):
@@ -99,9 +99,9 @@ def test_opcheck():
 
 @pytest.mark.parametrize("backend", ["cpp"])
 def test_opcheck_native(backend):
-    native = ops._native.native_op("perturbed_linear")
-    if native is None:
+    if "cpp" not in backends.available_backends("perturbed_linear", "cpu"):
         pytest.skip("native module not built")
+    native = backends.implementation("perturbed_linear", "cpp")
     x, w, b = make(torch.float32, True)
     torch.library.opcheck(native, (x, w, b, 1, 2, 0, 1, 0.1, K, 0, True, True, "relu"))
 
@@ -120,7 +120,7 @@ def test_bad_shapes():
 
 PEAK_SCRIPT = """
 import resource, sys, torch
-from dopamine_fast import ops, use_backend
+from dopamine_fast import backends, ops, use_backend
 backend, device = sys.argv[1], sys.argv[2]
 x = torch.randn(2, 1024, device=device)
 w = torch.randn(1024, 1024, device=device) / 32

@@ -69,6 +69,22 @@ def test_backend_without_biases(backend, device):
     torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_rnn"))
+def test_backend_one_bias_member_h0_shared_x(backend, device, rank):
+    # Mixed cases: shared input with per-member initial states, only bias_ih (each bias has its own flag).
+    x, _, params = make(torch.float32, True, device)
+    h0 = torch.randn(K, B, H, generator=torch.Generator().manual_seed(2)).to(device)
+    kwargs = dict(num_members=K, rank=rank, baseline=True, antithetic=False, nonlinearity="relu",
+                  return_sequence=True, **ARGS)
+    with use_backend("reference"):
+        expected = ops.perturbed_rnn(x.cpu(), h0.cpu(), params[0].cpu(), params[1].cpu(), params[2].cpu(), None,
+                                     **kwargs)
+    with use_backend(backend):
+        got = ops.perturbed_rnn(x, h0, params[0], params[1], params[2], None, **kwargs)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[torch.float32])
+
+
 def test_baseline_member_is_plain_rnn():
     x, _, params = make(torch.float64, True)
     y = ops.perturbed_rnn(x, None, *params, num_members=K, **ARGS)

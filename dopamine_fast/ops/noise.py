@@ -95,6 +95,16 @@ def noise_reference(seed: int, step: int, stream: int, first_id: int, num_ids: i
     return z.to(dtype)
 
 
+def noise_into_reference(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
+    """The reference of the ``noise_`` op: ``noise_reference`` written into ``out`` [num_ids, numel]."""
+    out.copy_(noise_reference(seed, step, stream, first_id, out.shape[0], out.shape[1], device=out.device))
+
+
+def noise_bits_into_reference(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
+    """The reference of the ``noise_bits_`` op: ``noise_bits_reference`` written into ``out`` [num_ids, numel]."""
+    out.copy_(noise_bits_reference(seed, step, stream, first_id, out.shape[0], out.shape[1], device=out.device))
+
+
 def low_rank_numel(shape, rank: int) -> int:
     """Number of normals the low-rank factors of a parameter of ``shape`` take (full rank: its numel)."""
     if rank == 0 or len(shape) < 2:

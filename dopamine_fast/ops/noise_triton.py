@@ -7,7 +7,6 @@ import triton
 import triton.language as tl
 
 from .philox_triton import as_u32, block_bits, box_muller, counter_words, interleave4
-from .triton_library import launch, triton_library_op
 
 BLOCK = 1024  # elements per program: 256 Philox calls, each feeding four consecutive elements
 
@@ -39,15 +38,13 @@ def fill_noise(out: torch.Tensor, seed: int, step: int, stream: int, first_id: i
     if num_ids == 0 or numel == 0:
         return
     grid = (num_ids * triton.cdiv(numel, BLOCK),)
-    launch(_noise_kernel, grid, out, numel, out.stride(0), out.stride(1), first_id,
-           *counter_words(seed, step, stream), BITS=bits, BLOCK=BLOCK)
+    _noise_kernel[grid](out, numel, out.stride(0), out.stride(1), first_id, *counter_words(seed, step, stream),
+                        BITS=bits, BLOCK=BLOCK)
 
 
-@triton_library_op("noise_", mutates_args={"out"})
 def noise_(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
     fill_noise(out, seed, step, stream, first_id)
 
 
-@triton_library_op("noise_bits_", mutates_args={"out"})
 def noise_bits_(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
     fill_noise(out, seed, step, stream, first_id, bits=True)

@@ -1,7 +1,7 @@
 """Triton perturbed Elman RNN for K members (``perturbed_rnn_reference`` is the spec): one launch per time step.
 
 Each step is the perturbed linear layer with two terms, ``act(x_t (W_ih + s sigma E_ih)^T + h (W_hh + ...)^T +
-biases)``, built from the pieces of ``perturbed_linear_triton``: full rank regenerates both noise tiles in
+biases)``, built from the pieces of ``triton_common``: full rank regenerates both noise tiles in
 registers; low rank generates the factors once for the sequence and adds their corrections to the two plain GEMMs
 of each step. ``h_{t-1}`` is read from the
 previous step's output (the sequence, or one of two ping-pong state buffers), so nothing is copied between steps.
@@ -15,11 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .perturbed_linear_triton import (ACTIVATION_CODES, activate, add_perturbed_bias, compute_zeros, exact_fp32,
-                                      low_rank_expand, low_rank_factors, low_rank_project, member_strides,
-                                      perturbed_matmul, tile_of, tile_size)
-from .philox_triton import as_u32, counter_words, member_noise
-from .triton_library import launch, triton_library_op
+from .philox_triton import as_u32, counter_words
+from .triton_common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
+                            low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 
 
 @triton.jit
@@ -32,10 +30,8 @@ def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out
                            ALIGNED_IH: tl.constexpr, ALIGNED_HH: tl.constexpr, EXACT_FP32: tl.constexpr,
                            BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_IN: tl.constexpr,
                            BLOCK_H: tl.constexpr):
-    m, offs_b, offs_o = tile_of(tl.program_id(0), n_rows, n_hidden, BLOCK_B, BLOCK_O)
-    mask_b = offs_b < n_rows
-    mask_o = offs_o < n_hidden
-    noise_id, sign = member_noise(m, BASELINE, ANTITHETIC)
+    m, offs_b, mask_b, offs_o, mask_o, noise_id, sign = member_tile(tl.program_id(0), n_rows, n_hidden, BASELINE,
+                                                                    ANTITHETIC, BLOCK_B, BLOCK_O)
     acc = compute_zeros((BLOCK_B, BLOCK_O), whh_ptr)
     scale = sign.to(acc.dtype) * sigma
     key0, key1, step32 = as_u32(k0), as_u32(k1), as_u32(step)
@@ -46,15 +42,8 @@ def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out
         acc = perturbed_matmul(acc, h_ptr + m.to(tl.int64) * stride_hm, stride_hb, stride_hh, whh_ptr, stride_whh_o,
                                stride_whh_i, offs_b, mask_b, offs_o, mask_o, n_hidden, scale, noise_id, step32,
                                as_u32(stream_whh), key0, key1, ALIGNED_HH, BLOCK_H, EXACT_FP32)
-    if HAS_BIH:
-        acc = add_perturbed_bias(acc, bih_ptr, offs_o, mask_o, scale, noise_id, step32, as_u32(stream_bih), key0,
-                                 key1)
-    if HAS_BHH:
-        acc = add_perturbed_bias(acc, bhh_ptr, offs_o, mask_o, scale, noise_id, step32, as_u32(stream_bhh), key0,
-                                 key1)
-    h = activate(acc, ACTIVATION)
-    tl.store(out_ptr + m.to(tl.int64) * stride_om + offs_b[:, None] * stride_ob + offs_o[None, :] * stride_oh,
-             h.to(out_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_o[None, :])
+    epilogue(acc, out_ptr + m.to(tl.int64) * stride_om, stride_ob, stride_oh, offs_b, mask_b, offs_o, mask_o, scale,
+             noise_id, step32, key0, key1, bih_ptr, stream_bih, bhh_ptr, stream_bhh, HAS_BIH, HAS_BHH, ACTIVATION)
 
 
 @triton.jit
@@ -66,9 +55,8 @@ def _low_rank_step_kernel(base_ptr, x_ptr, h_ptr, fih_ptr, fhh_ptr, bih_ptr, bhh
                           BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr, ACTIVATION: tl.constexpr,
                           EXACT_FP32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr,
                           BLOCK_IN: tl.constexpr, BLOCK_H: tl.constexpr, RANK_TILE: tl.constexpr):
-    m, offs_b, _ = tile_of(tl.program_id(0), n_rows, 1, BLOCK_B, 1)
-    mask_b = offs_b < n_rows
-    noise_id, sign = member_noise(m, BASELINE, ANTITHETIC)
+    m, offs_b, mask_b, _, _, noise_id, sign = member_tile(tl.program_id(0), n_rows, 1, BASELINE, ANTITHETIC,
+                                                          BLOCK_B, 1)
     t_ih = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     t_hh = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     scale = sign.to(t_ih.dtype) * sigma
@@ -83,24 +71,10 @@ def _low_rank_step_kernel(base_ptr, x_ptr, h_ptr, fih_ptr, fhh_ptr, bih_ptr, bhh
                                 n_hidden, a_hh + n_hidden * rank, rank, BLOCK_H, EXACT_FP32)
         t_hh = t_hh * factor_scale
     key0, key1, step32 = as_u32(k0), as_u32(k1), as_u32(step)
-    for o0 in range(0, n_hidden, BLOCK_O):
-        offs_o = o0 + tl.arange(0, BLOCK_O)
-        mask_o = offs_o < n_hidden
-        mask = mask_b[:, None] & mask_o[None, :]
-        acc = tl.load(base_ptr + m.to(tl.int64) * stride_basem + offs_b[:, None] * stride_baseb
-                      + offs_o[None, :] * stride_baseh, mask=mask, other=0.0).to(t_ih.dtype)
-        acc = low_rank_expand(acc, t_ih, offs_o, mask_o, a_ih, rank, EXACT_FP32)
-        if HAS_H:
-            acc = low_rank_expand(acc, t_hh, offs_o, mask_o, a_hh, rank, EXACT_FP32)
-        if HAS_BIH:
-            acc = add_perturbed_bias(acc, bih_ptr, offs_o, mask_o, scale, noise_id, step32, as_u32(stream_bih),
-                                     key0, key1)
-        if HAS_BHH:
-            acc = add_perturbed_bias(acc, bhh_ptr, offs_o, mask_o, scale, noise_id, step32, as_u32(stream_bhh),
-                                     key0, key1)
-        h = activate(acc, ACTIVATION)
-        tl.store(out_ptr + m.to(tl.int64) * stride_om + offs_b[:, None] * stride_ob + offs_o[None, :] * stride_oh,
-                 h.to(out_ptr.dtype.element_ty), mask=mask)
+    low_rank_outputs(base_ptr + m.to(tl.int64) * stride_basem, stride_baseb, stride_baseh,
+                     out_ptr + m.to(tl.int64) * stride_om, stride_ob, stride_oh, offs_b, mask_b, n_hidden, rank, t_ih,
+                     a_ih, t_hh, a_hh, scale, noise_id, step32, key0, key1, bih_ptr, stream_bih, bhh_ptr, stream_bhh,
+                     HAS_H, HAS_BIH, HAS_BHH, ACTIVATION, EXACT_FP32, BLOCK_O)
 
 
 def _step_outputs(out: torch.Tensor, steps: int, return_sequence: bool):
@@ -111,7 +85,6 @@ def _step_outputs(out: torch.Tensor, steps: int, return_sequence: bool):
     return [out if (steps - 1 - t) % 2 == 0 else spare for t in range(steps)]
 
 
-@triton_library_op("perturbed_rnn", mutates_args=())
 def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.Tensor, weight_hh: torch.Tensor,
                   bias_ih: Optional[torch.Tensor], bias_hh: Optional[torch.Tensor], seed: int, step: int,
                   streams: List[int], sigma: float, num_members: int, rank: int, baseline: bool, antithetic: bool,
@@ -142,18 +115,19 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
         h_arg = h if h is not None else h_new  # unread when HAS_H is false
         if rank == 0:
             grid = (num_members * triton.cdiv(batch, block_b) * triton.cdiv(hidden, has["BLOCK_O"]),)
-            launch(_full_rank_step_kernel, grid, x_t, h_arg, weight_ih, weight_hh, bih, bhh, h_new, batch, n_in,
-                   hidden, *member_strides(x_t, 2), *member_strides(h_arg, 2), *weight_ih.stride(),
-                   *weight_hh.stride(), *h_new.stride(), sigma, k0, k1, step32, *streams, HAS_H=h is not None,
-                   ALIGNED_IH=n_in % 4 == 0, ALIGNED_HH=hidden % 4 == 0, **has)
+            _full_rank_step_kernel[grid](
+                x_t, h_arg, weight_ih, weight_hh, bih, bhh, h_new, batch, n_in, hidden, *member_strides(x_t, 2),
+                *member_strides(h_arg, 2), *weight_ih.stride(), *weight_hh.stride(), *h_new.stride(), sigma, k0, k1,
+                step32, *streams, HAS_H=h is not None, ALIGNED_IH=n_in % 4 == 0, ALIGNED_HH=hidden % 4 == 0, **has)
         else:
             base = torch.matmul(x_t, weight_ih.t())
             if h is not None:
                 base = base + torch.matmul(h, weight_hh.t())  # either may lack the member dim
             grid = (num_members * triton.cdiv(batch, block_b),)
-            launch(_low_rank_step_kernel, grid, base, x_t, h_arg, f_ih, f_hh, bih, bhh, h_new, batch, n_in, hidden,
-                   rank, *member_strides(base, 2), *member_strides(x_t, 2), *member_strides(h_arg, 2),
-                   f_ih.stride(0), f_hh.stride(0), *h_new.stride(), sigma, k0, k1, step32, *streams[2:],
-                   HAS_H=h is not None, RANK_TILE=tile_size(rank, cap=1 << 30), **has)
+            _low_rank_step_kernel[grid](
+                base, x_t, h_arg, f_ih, f_hh, bih, bhh, h_new, batch, n_in, hidden, rank, *member_strides(base, 2),
+                *member_strides(x_t, 2), *member_strides(h_arg, 2), f_ih.stride(0), f_hh.stride(0), *h_new.stride(),
+                sigma, k0, k1, step32, *streams[2:], HAS_H=h is not None, RANK_TILE=tile_size(rank, cap=1 << 30),
+                **has)
         h = h_new
     return out

@@ -15,9 +15,8 @@ import triton.language as tl
 
 from .noise import low_rank_numel
 from .noise_triton import fill_noise
-from .perturbed_linear_triton import compute_zeros
 from .philox_triton import as_u32, block_normals, counter_words, interleave4
-from .triton_library import launch, triton_library_op
+from .triton_common import compute_dtype, compute_zeros
 
 BLOCK = 1024
 FACTOR_CHUNK_NORMALS = 1 << 24  # factors generated at once by the low-rank update (64 MiB in float32)
@@ -41,15 +40,15 @@ def _full_rank_kernel(p_ptr, c_ptr, numel, n_ids, stride_c, alpha, k0, k1, step,
 
 def _full_rank(param, coeffs, seed, step, stream, alpha):
     grid = (triton.cdiv(param.numel(), BLOCK),)
-    launch(_full_rank_kernel, grid, param, coeffs, param.numel(), coeffs.numel(), coeffs.stride(0), alpha,
-           *counter_words(seed, step, stream), BLOCK=BLOCK)
+    _full_rank_kernel[grid](param, coeffs, param.numel(), coeffs.numel(), coeffs.stride(0), alpha,
+                            *counter_words(seed, step, stream), BLOCK=BLOCK)
 
 
 def _low_rank(param, coeffs, seed, step, stream, rank, alpha):
     out = param.shape[0]
     matrix = param.view(out, -1)
     fan_in = matrix.shape[1]
-    dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(param.dtype)
     numel = low_rank_numel(param.shape, rank)
     chunk = max(1, FACTOR_CHUNK_NORMALS // numel)
     update = matrix if matrix.dtype == dtype else torch.zeros(matrix.shape, dtype=dtype, device=param.device)
@@ -64,7 +63,6 @@ def _low_rank(param, coeffs, seed, step, stream, rank, alpha):
         matrix.add_(update.to(matrix.dtype))
 
 
-@triton_library_op("rpe_update_", mutates_args={"param"})
 def rpe_update_(param: torch.Tensor, coeffs: torch.Tensor, seed: int, step: int, stream: int, rank: int,
                 alpha: float) -> None:
     if param.numel() == 0 or coeffs.numel() == 0:

@@ -1,4 +1,5 @@
-"""Argument checks of the public ops: the one layer in front of the Python backends and the fake kernels.
+"""Argument checks of the public ops: the one layer in front of the Python backends and the fake kernels. Each
+``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
 
 The compiled backends (``cpp``, ``cuda``) run the same checks in C++ (``csrc/ops.cpp``), message for message, so
 the public op skips these for them; either way a bad call fails with a ``ValueError`` naming the argument before any
@@ -30,7 +31,15 @@ def check_written(t: torch.Tensor, name: str) -> None:
                          f"writing into it")
 
 
-def check_noise_out(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int, bits: bool) -> None:
+def check_noise_args(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
+    _check_noise_out(out, seed, step, stream, first_id, bits=False)
+
+
+def check_noise_bits_args(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
+    _check_noise_out(out, seed, step, stream, first_id, bits=True)
+
+
+def _check_noise_out(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int, bits: bool) -> None:
     check_counter_args(seed, step, stream)
     if out.dim() != 2:
         raise ValueError(f"out must be 2-D [num_ids, numel], got shape {list(out.shape)}")
@@ -83,7 +92,7 @@ def check_activation(name: str, rnn: bool) -> None:
 
 
 def check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank,
-                                activation) -> None:
+                                baseline, antithetic, activation) -> None:
     _check_common(sigma, num_members, rank)
     check_counter_args(seed, step, weight_stream)
     check_counter_args(seed, step, bias_stream)
@@ -101,7 +110,7 @@ def check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias
 
 
 def check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams: Sequence[int],
-                             sigma, num_members, rank, nonlinearity) -> None:
+                             sigma, num_members, rank, baseline, antithetic, nonlinearity, return_sequence) -> None:
     _check_common(sigma, num_members, rank)
     if len(streams) != 4:
         raise ValueError(f"streams must hold 4 ints (weight_ih, weight_hh, bias_ih, bias_hh), got {list(streams)}")
@@ -131,7 +140,7 @@ def check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed
     check_activation(nonlinearity, rnn=True)
 
 
-def check_rpe_update_args(param, coeffs, seed, step, stream, rank) -> None:
+def check_rpe_update_args(param, coeffs, seed, step, stream, rank, alpha) -> None:
     check_counter_args(seed, step, stream)
     if rank < 0:
         raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
@@ -145,37 +154,3 @@ def check_rpe_update_args(param, coeffs, seed, step, stream, rank) -> None:
     if param.numel() > MAX_NUMEL:
         raise ValueError(f"param must have at most 2**34 elements, got {param.numel()}")
     check_written(param, "param")
-
-
-def _noise_args(out, seed, step, stream, first_id):
-    check_noise_out(out, seed, step, stream, first_id, bits=False)
-
-
-def _noise_bits_args(out, seed, step, stream, first_id):
-    check_noise_out(out, seed, step, stream, first_id, bits=True)
-
-
-def _linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank, baseline,
-                 antithetic, activation):
-    check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank,
-                                activation)
-
-
-def _rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members, rank,
-              baseline, antithetic, nonlinearity, return_sequence):
-    check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
-                             rank, nonlinearity)
-
-
-def _rpe_args(param, coeffs, seed, step, stream, rank, alpha):
-    check_rpe_update_args(param, coeffs, seed, step, stream, rank)
-
-
-# Each public op's check, called with the op's own arguments.
-CHECKS = {
-    "noise_": _noise_args,
-    "noise_bits_": _noise_bits_args,
-    "perturbed_linear": _linear_args,
-    "perturbed_rnn": _rnn_args,
-    "rpe_update_": _rpe_args,
-}

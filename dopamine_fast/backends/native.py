@@ -1,27 +1,37 @@
-"""Loads the compiled kernels (``dopamine_fast._C``) if they were built; the package works without them."""
+"""The compiled kernels (``dopamine_fast._C``), if they were built; the package works without them.
+
+Importing ``_C`` registers its CPU and CUDA kernels (``TORCH_LIBRARY_IMPL`` in ``csrc/``) for ops of the
+``dopamine_fast_C`` namespace; the schemas of those ops are defined here, by ``define``, from the same spec as the
+public op. The dispatcher checks each kernel's C++ signature against that schema: a mismatch (a stale build) makes
+the op's compiled backend unavailable, with the reason, instead of a wrong call.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
-from typing import Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
 NO_NATIVE_ENV = "DOPAMINE_FAST_NO_NATIVE"
 NAMESPACE = "dopamine_fast_C"
 
+log = logging.getLogger("dopamine_fast")
+
 _load_error: Optional[str] = None
 if os.environ.get(NO_NATIVE_ENV, "") not in ("", "0"):
     _load_error = f"disabled by {NO_NATIVE_ENV}"
 else:
     try:
-        from . import _C  # noqa: F401  (importing it registers the dopamine_fast_C ops)
+        from .. import _C  # noqa: F401  (importing it registers the kernels)
     except ImportError as err:
         _load_error = f"dopamine_fast._C is not built ({err})"
 
-_fake_lib = None
+_lib: Optional[torch.library.Library] = None
+_define_errors: Dict[str, str] = {}  # op -> why its schema could not be defined
 
 
 def load_error() -> Optional[str]:
@@ -33,17 +43,30 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
 
 
-def native_op(op: str):
-    """The compiled op ``dopamine_fast_C::<op>``, or None when it is not there."""
-    if _load_error is not None or not hasattr(getattr(torch.ops, NAMESPACE), op):
+def define(spec):
+    """Define ``dopamine_fast_C::<op>`` from ``spec`` (schema and fake kernel) and return the op, or None when the
+    compiled kernels do not match the schema (``status`` then says why)."""
+    global _lib
+    try:
+        if _lib is None:
+            _lib = torch.library.Library(NAMESPACE, "DEF")
+        _lib.define(spec.name + spec.schema)
+    except RuntimeError as err:
+        # A module built from other sources: a kernel whose signature differs, or schemas defined in C++.
+        _define_errors[spec.name] = (f"dopamine_fast._C does not match the schema of {spec.name} (rebuild it: "
+                                     f"pip install --no-build-isolation -e .): {str(err).splitlines()[0]}")
+        log.warning("dopamine_fast: %s", _define_errors[spec.name])
         return None
-    return getattr(getattr(torch.ops, NAMESPACE), op).default
+    torch.library.register_fake(f"{NAMESPACE}::{spec.name}", spec.checked_fake, lib=_lib)
+    return getattr(getattr(torch.ops, NAMESPACE), spec.name).default
 
 
 def status(op: str, dispatch_key: str) -> Optional[str]:
     """None when ``op`` has a compiled kernel for ``dispatch_key`` ('CPU' or 'CUDA'), else why not."""
     if _load_error is not None:
         return _load_error
+    if op in _define_errors:
+        return _define_errors[op]
     if not _has_kernel(op, dispatch_key):
         return f"dopamine_fast._C has no {dispatch_key} kernel for {op}"
     if dispatch_key == "CUDA":
@@ -56,7 +79,7 @@ def status(op: str, dispatch_key: str) -> Optional[str]:
 def built_cuda_arch_list() -> Optional[str]:
     """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (setup.py records it), or None if unknown."""
     try:
-        from ._build_config import CUDA_ARCH_LIST
+        from .._build_config import CUDA_ARCH_LIST
     except ImportError:
         return None
     return CUDA_ARCH_LIST
@@ -94,11 +117,3 @@ def image_problem(capability: Tuple[int, int], arch_list: Optional[str]) -> Opti
 @functools.lru_cache(maxsize=None)
 def _device_image_problem(index: int) -> Optional[str]:
     return image_problem(torch.cuda.get_device_capability(index), built_cuda_arch_list())
-
-
-def fake_library():
-    """The library fragment that holds the fake (meta) kernels of the native ops."""
-    global _fake_lib
-    if _fake_lib is None:
-        _fake_lib = torch.library.Library(NAMESPACE, "FRAGMENT")
-    return _fake_lib
