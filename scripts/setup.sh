@@ -27,14 +27,5 @@ fi
 echo "setup: torch $(python -c 'import torch; print(torch.__version__)'), CUDA_HOME=${CUDA_HOME:-<setup.py finds it>}," \
     "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default>}"
 python -m pip install -q --no-build-isolation --no-deps -e .
-python - <<'EOF'
-import dopamine_fast as df
-try:  # what setup.py recorded when it built the native module
-    from dopamine_fast import _build_config as built
-except ImportError:
-    print("setup: no native module built")
-else:
-    print(f"setup: CUDA kernels for {built.CUDA_ARCH_LIST}, toolkit {getattr(built, 'CUDA_HOME', None)}"
-          if built.CUDA_ARCH_LIST else "setup: CPU kernels only (no CUDA kernels built)")
-print("setup: backends", df.backend_info())
-EOF
+python -c "import dopamine_fast as df; print('setup:', df.backends.native.build_summary())
+print('setup: backends', df.backend_info())"

@@ -219,4 +219,8 @@ def test_the_recorded_cuda_targets_are_read(monkeypatch):
     except ImportError:
         pytest.skip("no build record: the native module was not built by setup.py here")
     monkeypatch.setattr(_build_config, "CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    monkeypatch.setattr(_build_config, "CUDA_HOME", "/opt/cuda", raising=False)
     assert native.built_cuda_arch_list() == "8.0;9.0+PTX"
+    assert native.build_summary() == "CUDA kernels for 8.0;9.0+PTX, toolkit /opt/cuda"
+    monkeypatch.setattr(_build_config, "CUDA_ARCH_LIST", None)
+    assert native.build_summary() == "CPU kernels only (no CUDA kernels built)"

@@ -97,13 +97,7 @@ else
     --build-lib "$WORK/build-lib"
 fi
 # What was built (setup.py's record: CUDA targets and toolkit) and which backend each op runs on, with the reasons.
-step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, importlib, json
-try:
-    built = importlib.import_module('dopamine_fast._build_config')
-    print('built: CUDA kernels for', built.CUDA_ARCH_LIST, 'toolkit', getattr(built, 'CUDA_HOME', None))
-except ImportError as err:
-    print('built: no record of a native build:', err)
-print(json.dumps(df.backend_info(explain=True), indent=1))"
+step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, json; print('built:', df.backends.native.build_summary()); print(json.dumps(df.backend_info(explain=True), indent=1))"
 
 if [ "${RUN_TESTS:-1}" = 0 ]; then
   log "== tests: skipped (RUN_TESTS=0)"

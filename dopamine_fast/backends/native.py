@@ -9,17 +9,18 @@ the op's compiled backend unavailable, with the reason, instead of a wrong call.
 from __future__ import annotations
 
 import functools
-import logging
+import importlib
 import os
 import re
+from types import ModuleType
 from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
+from .registry import log
+
 NO_NATIVE_ENV = "DOPAMINE_FAST_NO_NATIVE"
 NAMESPACE = "dopamine_fast_C"
-
-log = logging.getLogger("dopamine_fast")
 
 _load_error: Optional[str] = None
 if os.environ.get(NO_NATIVE_ENV, "") not in ("", "0"):
@@ -76,13 +77,29 @@ def status(op: str, dispatch_key: str) -> Optional[str]:
     return None
 
 
-def built_cuda_arch_list() -> Optional[str]:
-    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (setup.py records it), or None if unknown."""
+def _build_record() -> Optional[ModuleType]:
+    """What setup.py recorded beside the module when it built it (``dopamine_fast/_build_config.py``), or None."""
     try:
-        from .._build_config import CUDA_ARCH_LIST
+        return importlib.import_module("dopamine_fast._build_config")
     except ImportError:
         return None
-    return CUDA_ARCH_LIST
+
+
+def built_cuda_arch_list() -> Optional[str]:
+    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (setup.py records it), or None if unknown."""
+    record = _build_record()
+    return None if record is None else record.CUDA_ARCH_LIST
+
+
+def build_summary() -> str:
+    """One line on what was built: the CUDA targets and toolkit, CPU kernels only, or no record (for the setup and
+    GPU scripts' logs)."""
+    record = _build_record()
+    if record is None:
+        return "no record of a native build (dopamine_fast/_build_config.py is missing)"
+    if not record.CUDA_ARCH_LIST:
+        return "CPU kernels only (no CUDA kernels built)"
+    return f"CUDA kernels for {record.CUDA_ARCH_LIST}, toolkit {getattr(record, 'CUDA_HOME', None)}"
 
 
 def parse_arch_list(arch_list: str) -> Iterable[Tuple[int, int, str, bool]]:

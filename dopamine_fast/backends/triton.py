@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import os
 from typing import Callable, Optional
 
 import torch
+
+from .registry import log
 
 
 def importable() -> bool:
@@ -40,6 +41,6 @@ def launcher(spec) -> Optional[Callable]:
     try:
         module = importlib.import_module(f"dopamine_fast.ops.{spec.triton}")
     except ImportError as err:  # e.g. a Triton too old for the kernels: the other backends serve
-        logging.getLogger("dopamine_fast").warning("dopamine_fast: no Triton backend for %s: %s", spec.name, err)
+        log.warning("dopamine_fast: no Triton backend for %s: %s", spec.name, err)
         return None
     return getattr(module, spec.name)

@@ -16,8 +16,10 @@ from ..plan import num_noise_ids
 from .noise import low_rank_numel
 from .noise_triton import fill_noise
 from .philox_triton import as_u32, block_normals, element_normals, interleave4, member_noise
+from .validation import ACTIVATIONS
 
-ACTIVATION_CODES = {"none": 0, "tanh": 1, "relu": 2, "sigmoid": 3}
+# The kernels' activation codes, as the C++ Activation enum numbers them: 0 none, 1 tanh, 2 relu, 3 sigmoid.
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 MIN_TILE = 16  # tl.dot needs every tile dimension >= 16
 MAX_TILE = 64
 
