@@ -2,6 +2,9 @@
 
 import copy
 import math
+import random
+import signal
+import time
 import warnings
 
 import pytest
@@ -283,3 +286,87 @@ def test_a_failed_vmap_attempt_does_not_count_a_batchnorm_batch():
     # BatchNorm in training mode cannot run under vmap; the attempt must not leave a trace in the buffers.
     for a, b in zip(buffers_after_one_evaluation(True), buffers_after_one_evaluation(False)):
         assert torch.equal(a, b)
+
+
+# -- a step is atomic against Ctrl-C ---------------------------------------------------------------------------------
+
+def deep_model(seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(50):  # 100 parameter tensors
+        layers += [nn.Linear(4, 4), nn.Tanh()]
+    return nn.Sequential(*layers), torch.randn(16, 4), torch.randn(16, 4)
+
+
+def step_with_sigint_after(delay, step):
+    """Runs ``step()`` with a real SIGINT sent ``delay`` seconds in; True when it raised KeyboardInterrupt."""
+    armed = [True]
+
+    def alarm(signum, frame):
+        if armed[0]:
+            signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            step()
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return False
+
+
+@pytest.fixture
+def one_thread():
+    """Steps of a predictable length on a busy machine (idle torch threads spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("path", ["closure", "population"])
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_ctrl_c_anywhere_in_a_step_leaves_the_weights_before_or_after_it_bit_for_bit(cls, path, one_thread):
+    model, x, y = deep_model()
+    opt = cls(model.parameters(), num_perturbations=4, seed=1)
+    pop = df.Population(model, loss="mse") if path == "population" else None
+
+    def step_of(m, o, p):
+        if p is not None:
+            return lambda: o.step(population=p, inputs=x, targets=y)
+        return lambda: o.step(lambda: ((m(x) - y) ** 2).mean())
+
+    start = time.perf_counter()
+    step_of(model, opt, pop)()
+    duration = time.perf_counter() - start
+    rng = random.Random(0)
+    outcomes = {"before": 0, "after": 0}
+    for _ in range(60):
+        before, counted = snapshot(model), opt.state["global"]["step"]
+        clone = copy.deepcopy(model)
+        clone_opt = cls(clone.parameters(), num_perturbations=4, seed=1)
+        clone_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        if pop is None:
+            step_of(clone, clone_opt, None)()
+        else:  # the same losses, from the model (whose weights the clone's equal)
+            clone_opt.step_from_losses(pop(opt.plan(), x, y))
+        after = snapshot(clone)
+        if not step_with_sigint_after(rng.uniform(1e-5, 1.2 * duration), step_of(model, opt, pop)):
+            outcomes["after"] += 1
+            assert_bit_equal(model, after)
+            continue
+        now = snapshot(model)
+        if all(torch.equal(a, b) for a, b in zip(now, before)):
+            outcomes["before"] += 1
+            assert opt.state["global"]["step"] == counted  # the interrupted step is not counted
+        else:
+            outcomes["after"] += 1
+            assert_bit_equal(model, after)
+            assert opt.state["global"]["step"] == counted + 1
+    assert outcomes["before"] > 0  # some interrupts landed inside the steps

@@ -10,10 +10,11 @@ import torch
 from torch.optim import Optimizer
 
 from ..distributed.parallel import as_parallel
-from ..ops.noise import MAX_SEED
+from ..ops.noise import MAX_NUMEL, MAX_SEED, low_rank_numel
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from . import divergence
-from .functional import check_scalar_loss, is_finite, member_perturbations
+from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, member_perturbations, staged_updates
+from .interrupts import deferred_interrupts
 
 GLOBAL_STATE = "global"
 # Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
@@ -23,8 +24,20 @@ MAX_PERTURBATIONS = 2**32 - 2
 # A perturbation sigma * eps (|eps| < 7) this large swamps any trainable weight; the bound catches typos such as
 # 1e300, whose perturbations are inf in float32, before they turn the weights into NaN.
 MAX_SIGMA = 1e6
+# The same bound for lr: a step lr * g with lr above it moves the weights by more than any model's scale for any
+# useful estimate g, and it catches typos such as lr=1e300 (whose update is inf) before they reach the weights.
+# The update itself is bounded again before it is written (functional.apply_noise_combination).
+MAX_LR = 1e6
 # What autograd says when backward() meets a loss computed under no_grad.
 _NO_GRAPH = "does not require grad and does not have a grad_fn"
+
+
+def plain_number(value):
+    """A numpy scalar as the Python number it holds (a state holding numpy types does not load with
+    ``torch.load(weights_only=True)``); anything else as it is."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def check_number(name: str, value, low=None, high=None, low_open=False, high_open=False, integer=False):
@@ -58,10 +71,11 @@ class PerturbationOptimizer(Optimizer):
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
                  on_divergence: str = "warn", process_group=None):
+        num_perturbations, antithetic, seed = map(plain_number, (num_perturbations, antithetic, seed))
         _check_options(num_perturbations, antithetic, seed, on_divergence)
         super().__init__(params, defaults)
         self.state[GLOBAL_STATE] = {"optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "seed": seed,
-                                    "num_perturbations": num_perturbations, "antithetic": bool(antithetic),
+                                    "num_perturbations": num_perturbations, "antithetic": antithetic,
                                     "on_divergence": on_divergence, "divergence": divergence.initial_state()}
         if not any(p.requires_grad for g in self.param_groups for p in g["params"]):
             warnings.warn(f"{type(self).__name__}: no parameter requires grad; frozen parameters "
@@ -88,18 +102,34 @@ class PerturbationOptimizer(Optimizer):
             raise
 
     def _check_group(self, group) -> None:
-        """Raise ValueError naming the hyperparameter unless ``group`` is valid (at construction, load and step)."""
-        check_number("lr", group["lr"], low=0)
+        """Raise ValueError naming the hyperparameter unless ``group`` is valid (at construction, load and step).
+
+        Numpy scalars become the Python numbers they hold."""
+        for key, value in group.items():
+            if key != "params":
+                group[key] = plain_number(value)
+        misplaced = [k for k in GLOBAL_OPTIONS if k in group]
+        if misplaced:  # set after construction: refused rather than silently ignored
+            raise ValueError(f"a param group sets {', '.join(misplaced)}, which only the whole {type(self).__name__} "
+                             f"takes: pass it to the constructor")
+        check_number("lr", group["lr"], low=0, high=MAX_LR)
         check_number("sigma", group["sigma"], low=0, low_open=True, high=MAX_SIGMA)
         check_number("rank", group["rank"], low=0, integer=True)
         if group["max_grad_norm"] is not None:
             check_number("max_grad_norm", group["max_grad_norm"], low=0, low_open=True)
+        if len({id(p) for p in group["params"]}) != len(group["params"]):
+            raise ValueError("a param group lists a parameter more than once; list each parameter once")
         for p in group["params"]:
             if p.is_sparse or p.layout != torch.strided:
                 raise ValueError(f"parameters must be dense tensors, got layout {p.layout}")
-            if not p.is_floating_point():
-                raise ValueError(f"parameters must have a floating dtype, got {p.dtype} "
+            if not p.is_floating_point() or p.is_complex():
+                raise ValueError(f"parameters must have a real floating dtype, got {p.dtype} "
                                  f"(shape {tuple(p.shape)})")
+            if group["rank"] and p.dim() >= 2 and low_rank_numel(p.shape, group["rank"]) > MAX_NUMEL:
+                raise ValueError(f"rank {group['rank']} is too large for the parameter of shape {tuple(p.shape)}: "
+                                 f"its low-rank noise would take (out + in) * rank = "
+                                 f"{low_rank_numel(p.shape, group['rank'])} normals, more than 2**34; a rank of "
+                                 f"min(out, in) = {min(p.shape[0], math.prod(p.shape[1:]))} is full-rank already")
 
     @property
     def num_members(self) -> int:
@@ -167,24 +197,29 @@ class PerturbationOptimizer(Optimizer):
         """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
         members = plan.local_members
         losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
-        if 0 in members:
-            losses[0] = self._loss_of(closure)
-            if not is_finite(losses[0]):
-                return losses  # the step is skipped: no point evaluating the members
-        backup = [pn.param.detach().clone() for pn in plan.params]
-        ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
-        eps, eps_id = None, None
-        for m in members[1:] if 0 in members else members:
-            if int(ids[m]) != eps_id:  # an antithetic pair's two members share one draw
-                eps_id = int(ids[m])
-                eps = [member_perturbations(pn, plan, eps_id, 1)[0] for pn in plan.params]
-            try:
-                for pn, e in zip(plan.params, eps):
-                    pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
-                losses[m - members.start] = self._loss_of(closure)
-            finally:  # whatever the closure raised (Ctrl-C included), the weights go back bit for bit
-                for pn, saved in zip(plan.params, backup):
-                    pn.param.copy_(saved)
+        # Ctrl-C stops the closure at once (its member is undone below) but waits while weights are perturbed or
+        # restored, so the weights are never left between two members.
+        with deferred_interrupts() as interrupts:
+            if 0 in members:
+                with interrupts.allowed():
+                    losses[0] = self._loss_of(closure)
+                if not is_finite(losses[0]):
+                    return losses  # the step is skipped: no point evaluating the members
+            backup = [pn.param.detach().clone() for pn in plan.params]
+            ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
+            eps, eps_id = None, None
+            for m in members[1:] if 0 in members else members:
+                if int(ids[m]) != eps_id:  # an antithetic pair's two members share one draw
+                    eps_id = int(ids[m])
+                    eps = [member_perturbations(pn, plan, eps_id, 1)[0] for pn in plan.params]
+                try:
+                    for pn, e in zip(plan.params, eps):
+                        pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
+                    with interrupts.allowed():
+                        losses[m - members.start] = self._loss_of(closure)
+                finally:  # whatever the closure raised (Ctrl-C included), the weights go back bit for bit
+                    for pn, saved in zip(plan.params, backup):
+                        pn.param.copy_(saved)
         return losses
 
     def _loss_of(self, closure: Callable) -> torch.Tensor:
@@ -214,21 +249,42 @@ class PerturbationOptimizer(Optimizer):
             plan = self.plan()
         else:
             self._check_plan(plan)
-        losses = torch.as_tensor(losses).detach().reshape(-1)
+        # Python floats are float64: as_tensor's default float32 would round them (and make 1e39 inf).
+        losses = (losses.detach() if isinstance(losses, torch.Tensor)
+                  else torch.as_tensor(losses, dtype=torch.float64)).reshape(-1)
+        if losses.is_complex() or not (losses.is_floating_point() or losses.numel() == 0):
+            raise TypeError(f"losses must be real floating-point numbers, got {losses.dtype}")
         if losses.numel() != self.num_members:
             raise ValueError(f"expected {self.num_members} losses (the unperturbed model and "
                              f"{self.num_members - 1} perturbed members), got {losses.numel()}")
-        self._begin_update()
         st = self.state[GLOBAL_STATE]
-        if not is_finite(losses):
-            st["skipped_steps"] += 1
-            warnings.warn(f"{type(self).__name__}: a non-finite loss at step {st['step']}; the step was skipped "
-                          f"and the weights are unchanged ({st['skipped_steps']} skipped so far)",
-                          RuntimeWarning, stacklevel=3)
-        elif divergence.check(self, st["divergence"], st["on_divergence"], float(losses[0])):
-            self._update(plan, losses.double())
-        st["step"] += 1
+        with deferred_interrupts():  # Ctrl-C waits: the update reaches every tensor and the step is counted, or none
+            self._begin_update()
+            if not is_finite(losses):
+                self._skip("a non-finite loss")
+            elif divergence.check(self, st["divergence"], st["on_divergence"], float(losses[0])):
+                self._apply_update(plan, losses.double())
+            st["step"] += 1
         return float(losses[0])
+
+    def _skip(self, why: str) -> None:
+        st = self.state[GLOBAL_STATE]
+        st["skipped_steps"] += 1
+        warnings.warn(f"{type(self).__name__}: {why} at step {st['step']}; the step was skipped and the weights "
+                      f"are unchanged ({st['skipped_steps']} skipped so far)", RuntimeWarning, stacklevel=4)
+
+    def _apply_update(self, plan: PerturbationPlan, losses: torch.Tensor) -> None:
+        """``_update``, all of it or none: an update that could put a non-finite number into a weight is refused
+        before any tensor is written (``functional.NonFiniteUpdate``) and the step is skipped, the subclass's
+        state as it was."""
+        saved = {k: dict(v) if isinstance(v, dict) else v for k, v in self.state[GLOBAL_STATE].items()}
+        try:
+            with staged_updates():
+                self._update(plan, losses)
+        except NonFiniteUpdate as err:
+            self.state[GLOBAL_STATE].update(saved)
+            self._begin_update()  # whatever _update prepared (PerturbationGradient's .grad) goes, as for a skip
+            self._skip(f"a non-finite update ({err})")
 
     def _check_plan(self, plan) -> None:
         """Raise unless ``plan`` is the plan of this optimizer's current step (same seed, step and members)."""
@@ -286,8 +342,6 @@ class PerturbationOptimizer(Optimizer):
                              f"{extra or 'nothing'} (saved by another optimizer class or version?)")
         check_number("step", saved["step"], low=0, integer=True)
         check_number("skipped_steps", saved["skipped_steps"], low=0, high=saved["step"], integer=True)
-        if not isinstance(saved["antithetic"], bool):
-            raise ValueError(f"antithetic must be True or False, got {saved['antithetic']!r}")
         _check_options(saved["num_perturbations"], saved["antithetic"], saved["seed"], saved["on_divergence"])
         divergence.check_state(saved["divergence"])
         self._check_global_state(saved)
@@ -315,6 +369,8 @@ class PerturbationOptimizer(Optimizer):
 def _check_options(num_perturbations, antithetic, seed, on_divergence) -> None:
     """The options of the whole optimizer, at construction and at ``load_state_dict``."""
     check_number("num_perturbations", num_perturbations, low=1, high=MAX_PERTURBATIONS, integer=True)
+    if not isinstance(antithetic, bool):
+        raise ValueError(f"antithetic must be True or False, got {antithetic!r}")
     if antithetic and num_perturbations % 2:
         raise ValueError(f"num_perturbations must be even with antithetic=True (pairs +eps, -eps), "
                          f"got {num_perturbations}")
