@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -15,8 +17,8 @@ def spectral_radius(weight: torch.Tensor) -> float:
 @torch.no_grad()
 def rescale_spectral_radius_(weight: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
     """Scale ``weight`` in place so that its spectral radius is ``radius`` (a zero matrix stays zero)."""
-    if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
+        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
     rho = spectral_radius(weight)
     if rho > 0:
         weight.mul_(radius / rho)

@@ -354,3 +354,24 @@ def test_builtin_losses_are_torch_losses_per_member(name, targets):
     got = member_loss.BUILTIN[name](outputs, targets)
     expected = torch.stack([TORCH_LOSSES[name](o, targets) for o in outputs])
     torch.testing.assert_close(got, expected)
+
+
+# -- a model changed after the Population was built ----------------------------------------------------------------
+
+@pytest.mark.parametrize("change", ["replace a layer", "replace an activation", "reassign a weight"])
+def test_a_model_changed_after_the_population_was_built_is_read_again(change):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    pop = df.Population(model, loss="mse", fused=True)
+    pop(df.WeightPerturbation(model.parameters(), num_perturbations=2).plan(), x, y)
+    if change == "replace a layer":
+        model[2] = nn.Linear(5, 2)
+    elif change == "replace an activation":
+        model[1] = nn.ReLU()
+    else:
+        model[0].weight = nn.Parameter(torch.randn(5, 3))
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=2)
+    losses = pop(opt.plan(), x, y)
+    assert pop.last_path == "fused"
+    torch.testing.assert_close(losses[0], ((model(x) - y) ** 2).mean())

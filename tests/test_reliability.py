@@ -370,3 +370,90 @@ def test_ctrl_c_anywhere_in_a_step_leaves_the_weights_before_or_after_it_bit_for
             assert_bit_equal(model, after)
             assert opt.state["global"]["step"] == counted + 1
     assert outcomes["before"] > 0  # some interrupts landed inside the steps
+
+
+# -- finite losses never put a non-finite number into the weights ---------------------------------------------------
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_an_absurd_learning_rate_is_refused(cls):
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match="lr must be <= 1000000.0"):
+        cls(model.parameters(), lr=1e300)
+
+
+# (optimizer, weights' dtype, their value, sigma, lr, loss slope, max_grad_norm): finite losses whose update is not
+NON_FINITE_UPDATES = {
+    "float16 update": (df.WeightPerturbation, torch.float16, 1.0, 0.05, 1e6, 1e3, None),
+    "float16 update (Dopamine)": (df.Dopamine, torch.float16, 1.0, 0.05, 1e6, 1e3, None),
+    "float16 coefficients": (df.WeightPerturbation, torch.float16, 1.0, 0.05, 1e-6, 1e8, None),
+    "float16 weights near their largest number": (df.WeightPerturbation, torch.float16, 6e4, 64.0, 0.2, 1e4, None),
+    "float32 update": (df.WeightPerturbation, torch.float32, 1.0, 0.05, 1e6, 1e35, None),
+    "clipped float16 update": (df.WeightPerturbation, torch.float16, 1.0, 0.05, 1e-3, 1e5, 1e30),
+}
+
+
+@pytest.mark.parametrize("case", NON_FINITE_UPDATES)
+def test_an_update_that_would_not_be_finite_skips_the_step(case):
+    cls, dtype, start, sigma, lr, slope, max_grad_norm = NON_FINITE_UPDATES[case]
+    weight = nn.Parameter(torch.full((4,), start, dtype=dtype))
+    opt = cls([weight], lr=lr, sigma=sigma, num_perturbations=2, max_grad_norm=max_grad_norm)
+    state = copy.deepcopy(opt.state_dict()["state"]["global"])
+    with pytest.warns(RuntimeWarning, match="non-finite update"):
+        loss = opt.step(lambda: -slope * weight.double().sum())
+    assert math.isfinite(loss)
+    assert torch.equal(weight.detach(), torch.full((4,), start, dtype=dtype))
+    assert opt.skipped_steps == 1 and opt.state["global"]["step"] == 1
+    kept = ("step", "skipped_steps", "divergence")  # the rest (Dopamine's signals) is as before the step
+    assert ({k: v for k, v in opt.state_dict()["state"]["global"].items() if k not in kept}
+            == {k: v for k, v in state.items() if k not in kept})
+
+
+def test_a_non_finite_update_of_one_group_leaves_every_group_unwritten():
+    small, big = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.ones(4))
+    opt = df.WeightPerturbation([{"params": [small]}, {"params": [big], "lr": 1e6}], num_perturbations=2)
+    with pytest.warns(RuntimeWarning, match="non-finite update"):
+        opt.step(lambda: -1e35 * (small.double().sum() + big.double().sum()))
+    assert torch.equal(small.detach(), torch.zeros(4)) and torch.equal(big.detach(), torch.ones(4))
+
+
+def test_an_infinite_spectral_radius_is_refused():
+    w = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="radius must be a finite number > 0"):
+        df.rescale_spectral_radius_(w, math.inf)
+
+
+# -- Python-float and complex losses ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_a_python_float_loss_keeps_float64_precision(cls):
+    runs = []
+    for as_float in (False, True):
+        model, x, y = model_and_data()
+        model, x, y = model.double(), x.double(), y.double()
+        opt = cls(model.parameters(), sigma=1e-6, num_perturbations=4, seed=3)
+        for _ in range(3):
+            opt.step(lambda: (lambda loss: loss.item() if as_float else loss)(((model(x) - y) ** 2).mean()))
+        runs.append(snapshot(model))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_a_large_finite_float_loss_is_not_taken_for_a_non_finite_one():
+    model, x, y = model_and_data()
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert opt.step(lambda: 1e39 + float(((model(x) - y) ** 2).mean())) == pytest.approx(1e39)
+        opt.step_from_losses([1e39, 1e39, 1e39])
+    assert opt.skipped_steps == 0
+
+
+def test_a_complex_loss_is_refused():
+    model, x, y = model_and_data()
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=2)
+    before = snapshot(model)
+    with pytest.raises(TypeError, match="real scalar loss"):
+        opt.step(lambda: ((model(x) - y) ** 2).mean() * (1 + 1j))
+    with pytest.raises(TypeError, match="real floating-point"):
+        opt.step_from_losses(torch.ones(3, dtype=torch.complex64))
+    assert_bit_equal(model, before)

@@ -81,20 +81,34 @@ class Population:
         self._off_reason: Optional[str] = "fused=False"  # why the fused path never runs, if it never does
         self._announced = set()
         self._row_footprints: Dict[tuple, Tuple[int, int]] = {}  # (shape, members, itemsize, threads) -> footprint
-        if fused is not False:
-            try:
-                self._program, self._off_reason = compile_model(unwrap(model)), None
-            except Unsupported as why:
-                if fused:
-                    raise ValueError(f"fused=True, but the fused path cannot run {type(model).__name__}: "
-                                     f"{why}") from None
-                self._off_reason = str(why)
-                self._announce(self._off_reason, stacklevel=3)  # at the user's Population(...) line
+        self._layout = _layout(model)
+        self._compile(stacklevel=4)  # a warning points at the user's Population(...) line
+
+    def _compile(self, stacklevel: int) -> None:
+        """Reads the model for the fused path (unless fused=False); where it cannot, says why once."""
+        if self.fused is False:
+            return
+        self._program, self._off_reason, self._row_footprints = None, None, {}
+        try:
+            self._program = compile_model(unwrap(self.model))
+        except Unsupported as why:
+            if self.fused:
+                raise ValueError(f"fused=True, but the fused path cannot run {type(self.model).__name__}: "
+                                 f"{why}") from None
+            self._off_reason = str(why)
+            self._announce(self._off_reason, stacklevel=stacklevel)
 
     @torch.no_grad()
     def __call__(self, plan: PerturbationPlan, inputs, targets) -> torch.Tensor:
         """The losses of the plan's members on ``(inputs, targets)``: [1 + K], or [len(plan.members)] for a
-        plan restricted to one rank's share (``dopamine_fast.distributed``)."""
+        plan restricted to one rank's share (``dopamine_fast.distributed``).
+
+        A model changed since it was read (a layer replaced, ``model[2] = nn.Linear(...)``, a parameter
+        reassigned) is read again first: the losses are always those of the model as it is now."""
+        layout = _layout(self.model)
+        if layout != self._layout:
+            self._layout = layout
+            self._compile(stacklevel=5)
         noise = self._noise_of(plan)
         if not plan.local_members:  # more ranks than members: this one has none to evaluate
             return next(self.model.parameters()).new_empty(0)
@@ -160,3 +174,9 @@ class Population:
                                  f"{why}") from None
             return str(why)
         return None
+
+
+def _layout(model: nn.Module) -> tuple:
+    """Every module of ``model`` and each one's own parameters, by identity: what the fused program was read from.
+    Cheap enough for every call (no tensor is touched)."""
+    return tuple((id(m), *map(id, m._parameters.values())) for m in model.modules())
