@@ -204,6 +204,12 @@ BAD_STATES = {
     "antithetic 1": (corrupt_global("antithetic", 1), "antithetic must be True or False"),
     "no global state": (lambda sd: sd["state"].pop("global"), "not saved by a perturbation optimizer"),
     "fewer groups": (lambda sd: sd["param_groups"].pop(), "param_groups must be a list of 1 groups"),
+    "nan best weights": (lambda sd: sd["state"].update({0: {"best_weights": torch.full((5, 3), math.nan)}}),
+                         "best_weights of parameter 0 are not all finite"),
+    "best weights of another shape": (lambda sd: sd["state"].update({0: {"best_weights": torch.zeros(5)}}),
+                                      r"best_weights of parameter 0 have shape \(5,\)"),
+    "unknown per-parameter entry": (lambda sd: sd["state"].update({0: {"momentum": torch.zeros(5, 3)}}),
+                                    "may hold only 'best_weights'"),
 }
 
 

@@ -48,6 +48,23 @@ def check_state(state) -> None:
         raise ValueError(f"divergence state warned must be True or False, got {state['warned']!r}")
 
 
+def check_param_state(entry, param: torch.Tensor, index: int) -> None:
+    """Raise ValueError unless a loaded per-parameter state holds only the guard's best weights, finite and of the
+    parameter's shape (a NaN copy would be written into the weights at the next restore)."""
+    if not isinstance(entry, dict) or not set(entry) <= {"best_weights"}:
+        raise ValueError(f"the state of parameter {index} may hold only 'best_weights', got {entry!r:.200}")
+    best = entry.get("best_weights")
+    if best is None:
+        return
+    if not isinstance(best, torch.Tensor) or not best.is_floating_point() or best.is_complex():
+        raise ValueError(f"best_weights of parameter {index} must be a real floating-point tensor, got {best!r:.100}")
+    if best.shape != param.shape:
+        raise ValueError(f"best_weights of parameter {index} have shape {tuple(best.shape)}, the parameter "
+                         f"{tuple(param.shape)}")
+    if not bool(torch.isfinite(best).all()):
+        raise ValueError(f"best_weights of parameter {index} are not all finite")
+
+
 def _diverged(loss: float, state: dict) -> bool:
     best = state["best_loss"]
     return best != 0 and loss > best + (FACTOR - 1) * abs(best) and loss > state["first_loss"]

@@ -361,6 +361,17 @@ class PerturbationOptimizer(Optimizer):
                 self._check_group({**group, "params": own["params"]})
             except ValueError as err:
                 raise ValueError(f"param group {i} of the state: {err}") from None
+            if not isinstance(group.get("params"), list) or len(group["params"]) != len(own["params"]):
+                raise ValueError(f"param group {i} of the state has {len(group.get('params') or ())} parameters, "
+                                 f"{name}'s {len(own['params'])}")
+        params = {index: p for group, own in zip(groups, self.param_groups) for index, p in zip(group["params"],
+                                                                                              own["params"])}
+        for index, entry in state_dict["state"].items():
+            if index == GLOBAL_STATE:
+                continue
+            if index not in params:
+                raise ValueError(f"the state holds an entry for parameter {index!r}, which no param group lists")
+            divergence.check_param_state(entry, params[index], index)
 
     def _check_global_state(self, saved: dict) -> None:
         """Subclasses check their own entries of a loaded ``state["global"]`` here (ValueError naming them)."""
