@@ -141,3 +141,30 @@ def test_the_python_wrappers_refuse_mixed_devices_on_every_backend(backend):
         with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
             ops.perturbed_rnn(torch.randn(2, 3, 4), None, torch.randn(5, 4), torch.randn(5, 5), None, None, 0, 0,
                               [0, 1, 2, 3], float("nan"), 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_python_wrappers_check_types_grad_mode_and_overlap_on_every_backend(backend):
+    if backend not in backends.available_backends("rpe_update_", "cpu"):
+        pytest.skip(f"{backend} is not available here")
+    with backends.use_backend(backend):
+        with pytest.raises(TypeError, match="seed must be an int, got str '0'"):
+            ops.noise("0", 0, 0, 0, 2, 5)
+        with pytest.raises(TypeError, match="num_ids must be an int, got float"):
+            ops.noise(0, 0, 0, 0, 2.0, 5)
+        with pytest.raises(TypeError, match="sigma must be a float, got str"):
+            ops.perturbed_linear(torch.randn(2, 4), torch.randn(5, 4), None, 0, 0, 0, 1, "0.1", 3)
+        with pytest.raises(TypeError, match="alpha must be a float, got str"):
+            ops.rpe_update_(torch.zeros(5, 4), torch.ones(3), 0, 0, 0, 0, "1")
+        assert ops.noise(0, 0, 0, 0, 0, 5).shape == (0, 5)
+        assert ops.noise_bits(0, 0, 0, 0, 0, 5).shape == (0, 5)
+        leaf = torch.zeros(5, 4, requires_grad=True)
+        with pytest.raises(ValueError, match="param requires grad and grad mode is on"):
+            ops.rpe_update_(leaf, torch.ones(3), 0, 0, 0)
+        assert torch.equal(leaf.detach(), torch.zeros(5, 4))
+        with torch.no_grad():  # as torch's in-place ops allow it
+            ops.rpe_update_(leaf, torch.ones(3), 0, 0, 0)
+        overlapping = torch.zeros(16).as_strided((3, 3), (1, 1))  # rows overlap: no stride is 0
+        with pytest.raises(ValueError, match="param has elements that share memory"):
+            ops.rpe_update_(overlapping, torch.ones(3), 0, 0, 0)
+        ops.rpe_update_(torch.zeros(4, 6).t()[1:], torch.ones(3), 0, 0, 0)  # a transposed slice shares nothing

@@ -17,7 +17,7 @@ from ..plan import member_noise_ids, num_noise_ids
 from .library import call
 from .noise import check_counter_args, expand_noise, low_rank_numel, noise_bits_reference, noise_reference
 from .specs import SPECS, OpSpec
-from .validation import ACTIVATIONS, NONLINEARITIES
+from .validation import ACTIVATIONS, NONLINEARITIES, as_float, check_in_place
 
 
 def noise(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel: int, device=None,
@@ -48,7 +48,7 @@ def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     ``act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k)`` with ``E_k`` full rank (``rank=0``) or
     ``A_k B_k^T / sqrt(rank)``.
     """
-    return call("perturbed_linear", x, weight, bias, seed, step, weight_stream, bias_stream, float(sigma),
+    return call("perturbed_linear", x, weight, bias, seed, step, weight_stream, bias_stream, as_float("sigma", sigma),
                  num_members, rank, baseline, antithetic, activation)
 
 
@@ -64,13 +64,16 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
     of them [K, B, T, H].
     """
     return call("perturbed_rnn", x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, list(streams),
-                 float(sigma), num_members, rank, baseline, antithetic, nonlinearity, return_sequence)
+                 as_float("sigma", sigma), num_members, rank, baseline, antithetic, nonlinearity, return_sequence)
 
 
 def rpe_update_(param: torch.Tensor, coeffs: torch.Tensor, seed: int, step: int, stream: int, rank: int = 0,
                 alpha: float = 1.0) -> torch.Tensor:
-    """In place: ``param += alpha * sum_j coeffs[j] * eps_j`` over noise ids ``j = 0 .. len(coeffs)-1``."""
-    call("rpe_update_", param, coeffs, seed, step, stream, rank, float(alpha))
+    """In place: ``param += alpha * sum_j coeffs[j] * eps_j`` over noise ids ``j = 0 .. len(coeffs)-1``.
+
+    Like torch's in-place ops it refuses a ``param`` that requires grad while grad mode is on, on every backend."""
+    check_in_place(param, "param")
+    call("rpe_update_", param, coeffs, seed, step, stream, rank, as_float("alpha", alpha))
     return param
 
 

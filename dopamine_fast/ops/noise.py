@@ -43,9 +43,18 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int, rounds: int = PHILOX_ROUNDS):
 MAX_NUMEL = 4 * (MASK32 + 1)  # four elements per Philox block, 2**32 blocks
 
 
+def check_int(name: str, value) -> None:
+    """Raise TypeError naming the argument unless ``value`` is an integer (a bool or a numeric string is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.50}")
+
+
 def check_counter_args(seed: int, step: int, stream: int, first_id: int = 0, num_ids: int = 0,
                        numel: int = 0) -> None:
-    """Raise ValueError for arguments outside the ranges the counter layout encodes."""
+    """Raise ValueError for arguments outside the ranges the counter layout encodes (TypeError for non-integers)."""
+    for name, value in (("seed", seed), ("step", step), ("stream", stream), ("first_id", first_id),
+                        ("num_ids", num_ids), ("numel", numel)):
+        check_int(name, value)
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if step < 0:
@@ -72,7 +81,7 @@ def _words(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel
 def noise_bits_reference(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel: int, device=None):
     """Raw uint32 word of each element, as int64 of shape [num_ids, numel]."""
     x = torch.stack(_words(seed, step, stream, first_id, num_ids, numel, device), dim=-1)
-    return x.reshape(num_ids, -1)[:, :numel]
+    return x.reshape(num_ids, x.shape[1] * 4)[:, :numel]  # [num_ids, blocks * 4]: defined for num_ids = 0 too
 
 
 def box_muller(xa: torch.Tensor, xb: torch.Tensor):
@@ -91,7 +100,7 @@ def noise_reference(seed: int, step: int, stream: int, first_id: int, num_ids: i
     x0, x1, x2, x3 = _words(seed, step, stream, first_id, num_ids, numel, device)
     z0, z1 = box_muller(x0, x1)
     z2, z3 = box_muller(x2, x3)
-    z = torch.stack((z0, z1, z2, z3), dim=-1).reshape(num_ids, -1)[:, :numel]
+    z = torch.stack((z0, z1, z2, z3), dim=-1).reshape(num_ids, z0.shape[1] * 4)[:, :numel]
     return z.to(dtype)
 
 

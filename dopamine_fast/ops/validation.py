@@ -15,20 +15,41 @@ from typing import Optional, Sequence
 import torch
 
 from .noise import MASK32 as MAX_WORD  # noise ids, streams and members are 32-bit counter words
-from .noise import MAX_NUMEL, check_counter_args
+from .noise import MAX_NUMEL, check_counter_args, check_int
 
 ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
 NONLINEARITIES = ("tanh", "relu")
 
 
 def check_written(t: torch.Tensor, name: str) -> None:
-    """A tensor an op writes into must not have elements sharing memory (an ``expand()``-ed view).
+    """A tensor an op writes into must not have elements sharing memory (an ``expand()``-ed or ``as_strided`` view).
 
-    The rule of ``at::has_internal_overlap``: a dimension of size > 1 with stride 0.
+    Its dimensions of size > 1, by increasing stride, must each step past everything the smaller ones span (the
+    layouts of contiguous tensors, their transposes, slices and permutations); a layout that does not is refused
+    (it may share memory; ``at::has_internal_overlap`` cannot tell for these).
     """
-    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
-        raise ValueError(f"{name} has elements that share memory (an expand()-ed view?); clone() it before "
-                         f"writing into it")
+    spanned = 0
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= spanned:
+            raise ValueError(f"{name} has elements that share memory (an expand()-ed view?); clone() it before "
+                             f"writing into it")  # the message of csrc/ops.cpp, which checks only stride 0
+        spanned += (size - 1) * stride
+
+
+def as_float(name: str, value) -> float:
+    """``value`` as a float; TypeError naming the argument for anything but a real number (a string included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r:.50}")
+    return float(value)
+
+
+def check_in_place(t: torch.Tensor, name: str) -> None:
+    """What every backend refuses for a tensor written in place: one autograd tracks (as ``torch``'s in-place ops
+    refuse it) and one whose elements share memory."""
+    if t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name} requires grad and grad mode is on: autograd cannot follow an in-place write; call "
+                         f"it under torch.no_grad() or pass {name}.detach()")
+    check_written(t, name)
 
 
 def check_noise_args(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
@@ -55,6 +76,10 @@ def _check_noise_out(out: torch.Tensor, seed: int, step: int, stream: int, first
 
 
 def _check_common(sigma: float, num_members: int, rank: int) -> None:
+    check_int("num_members", num_members)
+    check_int("rank", rank)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a float, got {type(sigma).__name__} {sigma!r:.50}")
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
     if num_members < 1:
@@ -142,6 +167,7 @@ def check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed
 
 def check_rpe_update_args(param, coeffs, seed, step, stream, rank, alpha) -> None:
     check_counter_args(seed, step, stream)
+    check_int("rank", rank)
     if rank < 0:
         raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
     _check_floating(param, "param")
