@@ -463,3 +463,50 @@ def test_a_complex_loss_is_refused():
     with pytest.raises(TypeError, match="real floating-point"):
         opt.step_from_losses(torch.ones(3, dtype=torch.complex64))
     assert_bit_equal(model, before)
+
+
+# -- hyperparameters of the wrong type or size -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(antithetic="False"), "antithetic must be True or False, got 'False'"),
+    (dict(antithetic=1), "antithetic must be True or False, got 1"),
+    (dict(rank=2**40), "rank 1099511627776 is too large for the parameter of shape"),
+])
+def test_wrong_types_and_sizes_are_refused_at_construction(cls, kwargs, message):
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match=message):
+        cls(model.parameters(), **kwargs)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_numpy_scalars_become_python_numbers_and_the_state_loads_with_weights_only(cls, tmp_path):
+    np = pytest.importorskip("numpy")
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), lr=np.float64(0.05), sigma=np.float32(0.1), rank=np.int64(0),
+              num_perturbations=np.int64(4), seed=np.int64(3), antithetic=np.bool_(True))
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    opt.param_groups[0]["lr"] = np.float64(0.01)  # edited later: converted at the next step
+    opt.step(lambda: ((model(x) - y) ** 2).mean())
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    state = torch.load(tmp_path / "opt.pt", weights_only=True)
+    assert type(state["param_groups"][0]["lr"]) is float and type(state["state"]["global"]["seed"]) is int
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("key,value", [("num_perturbations", 8), ("seed", 5), ("antithetic", False)])
+def test_options_of_the_whole_optimizer_edited_into_a_group_are_refused_at_step(cls, key, value):
+    model, x, y = model_and_data()
+    opt = cls(model.parameters(), num_perturbations=4)
+    opt.param_groups[0][key] = value
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"a param group sets {key}, which only the whole"):
+        opt.step(lambda: ((model(x) - y) ** 2).mean())
+    assert_bit_equal(model, before)
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_a_parameter_listed_twice_in_one_group_is_refused(cls):
+    model, _, _ = model_and_data()
+    with pytest.raises(ValueError, match="lists a parameter more than once"):
+        cls([model[0].weight, model[0].weight, model[2].weight])

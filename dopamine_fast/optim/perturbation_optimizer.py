@@ -90,7 +90,9 @@ class PerturbationOptimizer(Optimizer):
         if misplaced:
             raise ValueError(f"a param group sets {', '.join(misplaced)}, which only the whole {type(self).__name__} "
                              f"takes: pass it to the constructor")
-        super().add_param_group(param_group)
+        with warnings.catch_warnings():  # torch only warns of a parameter listed twice; _check_group refuses it
+            warnings.filterwarnings("ignore", message="optimizer contains a parameter group with duplicate")
+            super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
             self._check_group(group)
