@@ -5,6 +5,7 @@ perturbed copies of a network in one batched pass and apply the reward-predictio
 PyTorch reference runs everywhere else. ``backend_info()`` says which backend each op uses.
 """
 
+from . import _startup  # noqa: F401  (first: the command line's Ctrl-C handling while torch loads)
 from . import ops
 from .backends import backend_info, use_backend
 from .optim import (PRESETS, DivergenceError, Dopamine, Dopamine2, PerturbationGradient, PerturbationPlan,

@@ -7,17 +7,24 @@
 Every argument is checked (names, sizes, device, backend, output folder, the optimizer's own settings) before
 any training starts, and so is the ``experiments`` extra that train and compare need (plots, progress bars, the
 chaotic tasks): a missing one is an error that says what to install. Curves are written row by row as they are
-logged; Ctrl-C stops at the next step, keeps what was written and exits with status 130.
+logged; Ctrl-C (or SIGTERM) stops at the next step, keeps what was written and exits with status 130. A folder
+holding an earlier run is never overwritten silently: a non-empty ``--out`` needs ``--overwrite``, default folders
+are named after the options and the time, and a lock file keeps a second run out of a folder being written.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import importlib
 import inspect
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -26,11 +33,11 @@ import torch
 
 import dopamine_fast
 
-from . import backends
+from . import _startup, backends
 from ._extras import MissingExtra, require
 from .backends import ORDER, use_backend
 from .experiments import DESCRIPTIONS, OPTIMIZERS, available_optimizers, compare, hparams_for, train, write_compare
-from .experiments.live import CsvRows, StopOnInterrupt
+from .experiments.live import CsvRows, FolderBusy, FolderLock, StopOnInterrupt
 from .experiments.optimizers import PERTURBATION, build_stepper
 from .experiments.report import format_table, plot_run
 from .ops import SPECS
@@ -41,8 +48,7 @@ from .tasks.chaotic import GENERATORS
 DEFAULT_STEPS = {"xor": 1000, "chaotic": 100}
 DEFAULT_EVALUATIONS = {"xor": 9000, "chaotic": 900}
 
-# Exit status after Ctrl-C, as a shell reports a process ended by SIGINT.
-INTERRUPTED = 130
+INTERRUPTED = _startup.INTERRUPTED  # exit status after Ctrl-C or SIGTERM
 
 # The optimizer classes behind the names, for `list` (their constructors' keywords are the accepted options).
 OPTIMIZER_CLASSES = {"wp": "WeightPerturbation", "dopamine": "Dopamine", "dopamine2": "Dopamine2"}
@@ -86,11 +92,20 @@ def _key_value(text: str) -> Tuple[str, str]:
 
 
 def _literal(text: str):
-    """A Python literal (number, tuple, True, None) when the text is one, else the text itself."""
+    """A Python literal (number, tuple, True, None) when the text is one (true and false in any case are the
+    booleans), else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder name, got ''")
+    return Path(text)
 
 
 def _optimizer_list(text: str) -> List[str]:
@@ -122,7 +137,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads (1 is much faster on a busy machine, where idle threads spin)")
     p.add_argument("--log-points", type=_positive_int, default=50, help="test evaluations along the curve")
-    p.add_argument("--out", type=Path, help="output folder (default: runs/<task>-...)")
+    p.add_argument("--out", type=_folder, help="output folder (default: runs/<task>-<optimizer>-<options>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that holds files already")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stdout is not a "
                    "terminal)")
     group = p.add_argument_group("task options (only those the task takes; `dopamine-fast list` shows them)")
@@ -218,8 +234,10 @@ def _check_backend(parser, backend: Optional[str], device: torch.device) -> None
                 parser.error(f"--backend {backend}: cannot run on {device}: {err}")
 
 
-def _output_folder(parser, out: Path) -> Path:
-    """The output folder, created and checked writable before any training (a run must not be lost at the end)."""
+def _output_folder(parser, out: Path, overwrite: bool, held: Optional[contextlib.ExitStack]) -> Path:
+    """The output folder, created, checked writable and locked before any training (a run must not be lost at the
+    end, nor overwrite another); ``held`` keeps the lock until the command ends (None: no lock). ``overwrite``:
+    files there may be replaced."""
     if out.exists() and not out.is_dir():
         parser.error(f"--out: {out} exists and is not a folder")
     try:
@@ -228,7 +246,34 @@ def _output_folder(parser, out: Path) -> Path:
         parser.error(f"--out: cannot create the folder {out}: {err.strerror or err}")
     if not os.access(out, os.W_OK | os.X_OK):
         parser.error(f"--out: cannot write into {out}")
+    try:
+        if held is not None:
+            held.enter_context(FolderLock(out))
+    except FolderBusy as err:
+        parser.error(f"--out: {err}; wait for it to end or choose another folder")
+    earlier = sorted(p.name for p in out.iterdir() if p.name != FolderLock.NAME)
+    if earlier and not overwrite:
+        parser.error(f"--out: {out} already holds {', '.join(earlier[:5])}{' ...' if len(earlier) > 5 else ''}; "
+                     f"pass --overwrite to replace them, or choose another folder")
     return out
+
+
+def _default_folder(args, name: str) -> Path:
+    """``runs/<task>-<name>-<options given>-<time>``, with a counter if that exists: never an earlier run's."""
+    given = {k: getattr(args, k) for k in ("hidden", "batch_size", "lr", "sigma", "num_perturbations", "rank")}
+    parts = [f"{k.replace('_', '-')}{v:g}" if isinstance(v, float) else f"{k.replace('_', '-')}{v}"
+             for k, v in given.items() if v]
+    if args.antithetic is not None:
+        parts.append("antithetic" if args.antithetic else "no-antithetic")
+    parts += [f"{k}{v}" for k, v in args.optimizer_option + args.task_option]
+    parts += [f"{flag.replace('_', '-')}{getattr(args, 'task_' + flag)}" for flag in TASK_FLAGS
+              if getattr(args, "task_" + flag) is not None]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join([args.task, name, *parts, time.strftime("%Y%m%d-%H%M%S")]))
+    folder, count = Path("runs") / stem, 1
+    while folder.exists():
+        count += 1
+        folder = Path("runs") / f"{stem}-{count}"
+    return folder
 
 
 def _overrides(args, name: str) -> dict:
@@ -282,6 +327,17 @@ def _require_extras(parser, args) -> None:
             parser.error(str(err))
 
 
+def _check_evotorch(parser, names) -> None:
+    """PGPE needs EvoTorch to import, not only to be installed: a broken installation is a usage error too."""
+    if "pgpe" not in names or "pgpe" not in available_optimizers():
+        return  # not asked for, or not installed (which _missing reports)
+    try:
+        importlib.import_module("evotorch.algorithms.functional")
+    except Exception as err:  # noqa: BLE001  (whatever a broken installation raises)
+        parser.error(f"pgpe needs evotorch, which is installed but fails to import ({type(err).__name__}: {err}); "
+                     f"reinstall it (pip install --force-reinstall evotorch)")
+
+
 def _missing(names) -> List[str]:
     return [n for n in names if n not in available_optimizers()]
 
@@ -309,14 +365,16 @@ def _cmd_list() -> int:
     return 0
 
 
-def _cmd_train(parser, args, task, device) -> int:
+def _cmd_train(parser, args, task, device, held) -> int:
     hp = hparams_for(task.family, args.optimizer, **_overrides(args, args.optimizer))
     steps = args.steps or DEFAULT_STEPS[task.family]
     _check_optimizer_names(parser, args, [args.optimizer])
     _steppers(parser, task, [args.optimizer], {args.optimizer: hp}, args.hidden)
-    out = _output_folder(parser, args.out or Path("runs") / f"{task.name}-{args.optimizer}-seed{args.seed}")
-    if args.distributed:
-        return _cmd_train_distributed(parser, args, task, hp, steps, out)
+    default = _default_folder(args, f"{args.optimizer}-seed{args.seed}")
+    if args.distributed:  # the ranks share the folder and resume from its checkpoint: no lock, no refusal
+        return _cmd_train_distributed(parser, args, task, hp, steps,
+                                      _output_folder(parser, args.out or default, True, None))
+    out = _output_folder(parser, args.out or default, args.overwrite, held)
     print(f"{task.describe()}\noptimizer {args.optimizer} {hp}, {steps} steps, device {device}, "
           f"backend {args.backend}")
     with CsvRows(out / "curve.csv") as rows, StopOnInterrupt() as stop:
@@ -357,7 +415,7 @@ def _cmd_train_distributed(parser, args, task, hp, steps, out) -> int:
     return 0
 
 
-def _cmd_compare(parser, args, task, device) -> int:
+def _cmd_compare(parser, args, task, device, held) -> int:
     names = args.optimizers or available_optimizers()
     if _missing(names):
         parser.error(f"--optimizers: {', '.join(_missing(names))} needs the evotorch package (pip install evotorch)")
@@ -365,7 +423,8 @@ def _cmd_compare(parser, args, task, device) -> int:
     _check_optimizer_names(parser, args, names)
     hparams = {n: hparams_for(task.family, n, **_overrides(args, n)) for n in names}
     _check_budget(parser, task, names, hparams, evaluations, args.hidden)
-    out = _output_folder(parser, args.out or Path("runs") / f"compare-{task.name}")
+    out = _output_folder(parser, args.out or _default_folder(args, f"compare-{'-'.join(names)}-seeds{args.seeds}"),
+                         args.overwrite, held)
     print(f"{task.describe()}\n{len(names)} optimizers x {args.seeds} seeds, {evaluations} loss evaluations each, "
           f"device {device}, backend {args.backend}")
     start = time.perf_counter()
@@ -391,14 +450,18 @@ def _progress(args) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training: the rows written so far stay on disk
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+    _startup.hand_over()
+    with contextlib.ExitStack() as held:  # the output folder's lock, released however the command ends
+        if threading.current_thread() is threading.main_thread():  # SIGTERM as Ctrl-C, for this command only
+            held.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, signal.default_int_handler))
+        try:
+            return _main(argv, held)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training: the rows written so far stay on disk
+            print("interrupted", file=sys.stderr)
+            return INTERRUPTED
 
 
-def _main(argv: Optional[List[str]]) -> int:
+def _main(argv: Optional[List[str]], held: contextlib.ExitStack) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -406,6 +469,7 @@ def _main(argv: Optional[List[str]]) -> int:
     _require_extras(parser, args)
     if args.command == "train" and args.optimizer not in available_optimizers():
         parser.error(f"--optimizer {args.optimizer} needs the evotorch package (pip install evotorch)")
+    _check_evotorch(parser, [args.optimizer] if args.command == "train" else args.optimizers or available_optimizers())
     device = _device(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -414,8 +478,8 @@ def _main(argv: Optional[List[str]]) -> int:
     task = _task(parser, args, device)
     with use_backend(backend):
         if args.command == "train":
-            return _cmd_train(parser, args, task, device)
-        return _cmd_compare(parser, args, task, device)
+            return _cmd_train(parser, args, task, device, held)
+        return _cmd_compare(parser, args, task, device, held)
 
 
 if __name__ == "__main__":

@@ -198,8 +198,9 @@ def test_lorenz_sigma_is_a_task_option_apart_from_the_perturbation_sigma(tmp_pat
     assert not __import__("torch").equal(default.x_train, changed.x_train)
 
 
-def _interrupted_run(tmp_path, argv, csv_name):
-    """Start the CLI, wait until it has written a few curve rows, press Ctrl-C; return (process, rows)."""
+def _interrupted_run(tmp_path, argv, csv_name, signum=None):
+    """Start the CLI, wait until it has written a few curve rows, press Ctrl-C (or send ``signum``); return
+    (process, rows)."""
     import signal
     import time
     env = dict(os.environ, PYTHONPATH=str(Path(dopamine_fast.__file__).parents[1]))
@@ -212,7 +213,7 @@ def _interrupted_run(tmp_path, argv, csv_name):
             break
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT if signum is None else signum)
     stdout, stderr = proc.communicate(timeout=120)
     return proc, stderr, _rows(tmp_path / csv_name)
 
@@ -238,3 +239,101 @@ def test_ctrl_c_stops_compare_and_keeps_what_exists(tmp_path):
     assert "interrupted during run 1 of 4" in stderr and "Traceback" not in stderr
     assert {r["optimizer"] for r in rows} == {"sgd"} and len(rows) >= 3
     assert len(_rows(tmp_path / "compare_runs.csv")) == 1
+
+
+# -- runs are never overwritten silently ---------------------------------------------------------------------------
+
+TINY_TRAIN = ["train", "--task", "xor", "--optimizer", "sgd", "--steps", "3", "--no-progress"]
+
+
+def test_an_empty_out_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY_TRAIN, "--out", ""])
+    assert exc.value.code == 2 and "--out: expected a folder name, got ''" in capsys.readouterr().err
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    assert main([*TINY_TRAIN, "--out", str(tmp_path / "run")]) == 0
+    first = (tmp_path / "run" / "curve.csv").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main([*TINY_TRAIN, "--lr", "0.5", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert "already holds curve.csv, curve.png; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "run" / "curve.csv").read_text() == first
+    assert main([*TINY_TRAIN, "--lr", "0.5", "--out", str(tmp_path / "run"), "--overwrite"]) == 0
+    assert (tmp_path / "run" / "curve.csv").read_text() != first
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["curve.csv", "curve.png"]  # the lock is gone
+
+
+def test_default_folders_are_named_after_the_options_and_never_reused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main([*TINY_TRAIN, "--lr", "0.5"]) == 0
+    assert main(TINY_TRAIN) == 0
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 3
+    assert sum(name.startswith("xor-sgd-seed0-lr0.5-") for name in folders) == 2
+
+
+def test_a_folder_another_run_is_writing_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".dopamine-fast.lock").write_text(str(writer.pid))
+        with pytest.raises(SystemExit) as exc:
+            main([*TINY_TRAIN, "--out", str(out), "--overwrite"])
+        assert exc.value.code == 2
+        assert f"is being written by another run (pid {writer.pid})" in capsys.readouterr().err
+    finally:
+        writer.kill()
+        writer.wait()
+    assert main([*TINY_TRAIN, "--out", str(out), "--overwrite"]) == 0  # its writer is gone: the lock is stale
+
+
+@pytest.mark.parametrize("value, message", [("maybe", "antithetic must be True or False, got 'maybe'"),
+                                            ("'False'", "antithetic must be True or False, got 'False'")])
+def test_antithetic_must_be_true_or_false(value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--task", "xor", "--optimizer", "wp", "--steps", "3", "--optimizer-option",
+              f"antithetic={value}", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_antithetic_false_in_any_case_is_the_boolean(tmp_path):
+    assert main(["train", "--task", "xor", "--optimizer", "wp", "--steps", "3", "--num-perturbations", "3",
+                 "--optimizer-option", "antithetic=FALSE", "--out", str(tmp_path), "--no-progress"]) == 0
+
+
+def test_a_broken_evotorch_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "evotorch").mkdir()
+    (tmp_path / "evotorch" / "__init__.py").write_text("raise RuntimeError('half installed')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--task", "xor", "--optimizers", "pgpe", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert "evotorch, which is installed but fails to import (RuntimeError: half installed)" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_command_line_starts_prints_one_line(tmp_path):
+    import signal
+    import time
+    env = dict(os.environ, PYTHONPATH=str(Path(dopamine_fast.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "dopamine_fast", *TINY_TRAIN, "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)  # importing torch, on most machines
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the signal came")
+    assert proc.returncode == 130 and stderr == "interrupted\n", stderr
+
+
+def test_sigterm_stops_train_like_ctrl_c(tmp_path):
+    import signal
+    proc, stderr, rows = _interrupted_run(
+        tmp_path, ["train", "--task", "xor", "--optimizer", "sgd", "--steps", "100000000", "--log-points",
+                   "100000000"], "curve.csv", signal.SIGTERM)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted after step ") and "Traceback" not in stderr
+    assert len(rows) >= 3

@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from .._pids import alive
+
 
 def atomic_save(obj, path) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``.
@@ -42,18 +44,8 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary files of saves to ``path`` whose process is gone."""
     for tmp in path.parent.glob(glob.escape(path.name) + ".*.*.tmp"):
         pid = tmp.name[len(path.name) + 1:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists, owned by someone else
-        return True
-    return True
 
 
 def _distributed() -> bool:
