@@ -375,3 +375,15 @@ def test_a_model_changed_after_the_population_was_built_is_read_again(change):
     losses = pop(opt.plan(), x, y)
     assert pop.last_path == "fused"
     torch.testing.assert_close(losses[0], ((model(x) - y) ** 2).mean())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_sequence_of_length_zero_is_refused_like_nn_rnn(batch_first):
+    rnn = nn.RNN(3, 4, batch_first=batch_first)
+    model = nn.Sequential(rnn, df.LastHidden(), nn.Linear(4, 1))
+    x = torch.zeros(2, 0, 3) if batch_first else torch.zeros(0, 2, 3)
+    with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
+        model(x)
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=2)
+    with pytest.raises(ValueError, match="got a sequence of length 0; like nn.RNN"):
+        df.Population(model, fused=True)(opt.plan(), x, torch.zeros(2, 1))

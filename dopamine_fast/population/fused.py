@@ -143,6 +143,9 @@ class RNNStep(Step):
             layout = "[batch, seq, {}]" if rnn.batch_first else "[seq, batch, {}]"
             raise _shape_error(self.name, rnn, h, shared, layout.format(rnn.input_size), call)
         x = h if rnn.batch_first else h.transpose(-3, -2)  # the op reads batch-first sequences
+        if x.shape[-2] == 0:  # no final hidden state to read out; nn.RNN refuses it too
+            raise ValueError(f"layer {self.name} ({rnn}) got a sequence of length 0; like nn.RNN, the fused path "
+                             f"needs at least one time step (the model's inputs have shape {call.inputs_shape})")
         for layer in range(rnn.num_layers):
             tensors = self.layer_tensors(layer)
             sigma, rank, streams = call.layer_noise(rnn, tensors)
