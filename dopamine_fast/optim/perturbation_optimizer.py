@@ -61,12 +61,16 @@ class PerturbationOptimizer(Optimizer):
     that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
 
     Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored bit for bit before the
-    exception goes on, and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
+    exception goes on, and the step is not counted. A step is atomic against Ctrl-C (and SIGTERM where a handler
+    catches it): restoring a member and applying the update wait for the signal (``interrupts.py``), so the weights
+    end as before the step or as after it. An update that could put a non-finite number into a weight is not
+    written: the step is skipped like one with a non-finite loss. Parameters with ``requires_grad=False`` (frozen at
     construction or later) are skipped like ``torch.optim`` skips those without a gradient: never perturbed nor
     updated, on the in-place and the batched path alike; each parameter keeps its noise stream (its position
     among all the parameters), so freezing one changes no other's noise. Hyperparameters are checked at
     construction, at ``load_state_dict`` (which leaves the optimizer as it was when the state is refused) and
-    again at every step; ``sigma`` must lie in (0, 1e6] and ``num_perturbations`` in [1, 2**32 - 2].
+    again at every step; ``sigma`` must lie in (0, 1e6], ``lr`` in [0, 1e6] and ``num_perturbations`` in
+    [1, 2**32 - 2].
     """
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
