@@ -510,3 +510,22 @@ def test_a_parameter_listed_twice_in_one_group_is_refused(cls):
     model, _, _ = model_and_data()
     with pytest.raises(ValueError, match="lists a parameter more than once"):
         cls([model[0].weight, model[0].weight, model[2].weight])
+
+
+def test_deferred_interrupts_deliver_every_signal_to_the_handler_they_were_meant_for():
+    from dopamine_fast.optim.interrupts import deferred_interrupts
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # records, like the CLI's
+    try:
+        with deferred_interrupts() as interrupts:
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []  # a critical section: it waits
+            with interrupts.allowed():
+                assert seen == [signal.SIGINT]  # delivered on entering the interruptible stretch
+                signal.raise_signal(signal.SIGINT)
+                assert len(seen) == 2  # inside it, at once: the stretch stays open after a handler that returns
+            signal.raise_signal(signal.SIGINT)
+            assert len(seen) == 2
+        assert len(seen) == 3 and signal.getsignal(signal.SIGINT) is not None
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -75,18 +75,17 @@ def _noise_max(pn: ParamNoise) -> float:
     return NOISE_MAX if rank == 0 else NOISE_MAX**2 * math.sqrt(rank)
 
 
-def check_update_finite(params: Tuple[torch.Tensor, ...], bounds: List[float], alphas: List[float],
-                        what: str = "update") -> None:
+def check_update_finite(params: Tuple[torch.Tensor, ...], bounds: List[float], alphas: List[float]) -> None:
     """Raise ``NonFiniteUpdate`` unless ``p + alpha * u`` stays finite for each parameter, where ``|u| <= bound``
     elementwise (``bound`` must itself be representable in the parameter's dtype)."""
     for p, bound, alpha in zip(params, bounds, alphas):
         limit = torch.finfo(p.dtype).max
         step = abs(alpha) * bound
         if not (bound <= limit and step <= limit):
-            raise NonFiniteUpdate(f"the {what} of a {p.dtype} tensor of shape {tuple(p.shape)} may reach "
+            raise NonFiniteUpdate(f"the update of a {p.dtype} tensor of shape {tuple(p.shape)} may reach "
                                   f"{step:.3g}, beyond the dtype's largest number {limit:.3g}")
         if step > limit * _SMALL_UPDATE and float(p.detach().abs().max()) + step > limit:
-            raise NonFiniteUpdate(f"the {what} of a {p.dtype} tensor of shape {tuple(p.shape)} may reach "
+            raise NonFiniteUpdate(f"the update of a {p.dtype} tensor of shape {tuple(p.shape)} may reach "
                                   f"{step:.3g}, which would carry its weights past the dtype's largest number "
                                   f"{limit:.3g}")
 

@@ -33,11 +33,15 @@ class _Deferral:
         self.open = False
 
     def handle(self, signum, frame) -> None:
-        if self.open:  # an interruptible stretch: deliver now, and defer any further signal until it is closed
-            self.open = False
-            self.previous[signum](signum, frame)
+        if self.open:  # an interruptible stretch: deliver now
+            self._deliver(signum, frame)
         elif signum not in self.pending:
             self.pending.append(signum)
+
+    def _deliver(self, signum, frame) -> None:
+        self.open = False  # while the handler raises (KeyboardInterrupt), a further signal waits for the restore
+        self.previous[signum](signum, frame)
+        self.open = True  # it returned (a handler that only records the request): the stretch stays open
 
     @contextmanager
     def allowed(self):
@@ -48,10 +52,7 @@ class _Deferral:
         self.open = True
         try:
             while self.pending:
-                signum = self.pending.pop(0)
-                self.open = False
-                self.previous[signum](signum, None)
-                self.open = True
+                self._deliver(self.pending.pop(0), None)
             yield
         finally:
             self.open = False
