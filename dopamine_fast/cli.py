@@ -246,11 +246,11 @@ def _output_folder(parser, out: Path, overwrite: bool, held: Optional[contextlib
         parser.error(f"--out: cannot create the folder {out}: {err.strerror or err}")
     if not os.access(out, os.W_OK | os.X_OK):
         parser.error(f"--out: cannot write into {out}")
-    try:
-        if held is not None:
+    if held is not None:
+        try:
             held.enter_context(FolderLock(out))
-    except FolderBusy as err:
-        parser.error(f"--out: {err}; wait for it to end or choose another folder")
+        except FolderBusy as err:
+            parser.error(f"--out: {err}; wait for it to end or choose another folder")
     earlier = sorted(p.name for p in out.iterdir() if p.name != FolderLock.NAME)
     if earlier and not overwrite:
         parser.error(f"--out: {out} already holds {', '.join(earlier[:5])}{' ...' if len(earlier) > 5 else ''}; "
@@ -370,11 +370,11 @@ def _cmd_train(parser, args, task, device, held) -> int:
     steps = args.steps or DEFAULT_STEPS[task.family]
     _check_optimizer_names(parser, args, [args.optimizer])
     _steppers(parser, task, [args.optimizer], {args.optimizer: hp}, args.hidden)
-    default = _default_folder(args, f"{args.optimizer}-seed{args.seed}")
-    if args.distributed:  # the ranks share the folder and resume from its checkpoint: no lock, no refusal
-        return _cmd_train_distributed(parser, args, task, hp, steps,
-                                      _output_folder(parser, args.out or default, True, None))
-    out = _output_folder(parser, args.out or default, args.overwrite, held)
+    name = f"{args.optimizer}-seed{args.seed}"
+    if args.distributed:  # the ranks share one folder, named alike by all, and resume from its checkpoint
+        out = _output_folder(parser, args.out or Path("runs") / f"{task.name}-{name}", True, None)
+        return _cmd_train_distributed(parser, args, task, hp, steps, out)
+    out = _output_folder(parser, args.out or _default_folder(args, name), args.overwrite, held)
     print(f"{task.describe()}\noptimizer {args.optimizer} {hp}, {steps} steps, device {device}, "
           f"backend {args.backend}")
     with CsvRows(out / "curve.csv") as rows, StopOnInterrupt() as stop:
