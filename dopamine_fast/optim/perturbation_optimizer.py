@@ -128,7 +128,7 @@ class PerturbationOptimizer(Optimizer):
         for p in group["params"]:
             if p.is_sparse or p.layout != torch.strided:
                 raise ValueError(f"parameters must be dense tensors, got layout {p.layout}")
-            if not p.is_floating_point() or p.is_complex():
+            if not p.is_floating_point():  # complex dtypes are not floating point either
                 raise ValueError(f"parameters must have a real floating dtype, got {p.dtype} "
                                  f"(shape {tuple(p.shape)})")
             if group["rank"] and p.dim() >= 2 and low_rank_numel(p.shape, group["rank"]) > MAX_NUMEL:
