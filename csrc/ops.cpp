@@ -163,14 +163,6 @@ void check_rpe_update_args(const at::Tensor& param, const at::Tensor& coeffs, in
   check_written(param, "param");
 }
 
-int64_t noise_numel(c10::IntArrayRef shape, int64_t rank) {
-  int64_t rest = 1;
-  for (size_t i = 1; i < shape.size(); ++i) rest *= shape[i];
-  const int64_t out = shape.empty() ? 1 : shape[0];
-  if (rank == 0 || shape.size() < 2) return out * rest;
-  return (out + rest) * rank;
-}
-
 }  // namespace dopamine_fast
 
 #ifdef TORCH_EXTENSION_NAME

@@ -34,7 +34,7 @@ at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, 
       bias.has_value() ? std::optional<at::Tensor>(bias->to(ct).contiguous()) : std::nullopt;
   const bool shared = x.dim() == 2;
   const int64_t M = num_members, rows = x.size(-2), out = w.size(0), in = w.size(1);
-  const NoiseKey key = key_for(seed, step, weight_stream);
+  const NoiseKey key = make_noise_key(seed, step, weight_stream);
   at::Tensor y;
 
   if (rank == 0) {

@@ -38,7 +38,7 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
   const std::optional<at::Tensor> h0c = conv(h0), bih = conv(bias_ih), bhh = conv(bias_hh);
   const bool shared = x.dim() == 3;
   const int64_t M = num_members, B = x.size(-3), T = x.size(-2), in = wih.size(1), H = whh.size(0);
-  const NoiseKey key = key_for(seed, step, streams[0]);
+  const NoiseKey key = make_noise_key(seed, step, streams[0]);
   const bool h0_shared = h0c.has_value() && h0c->dim() == 2;
 
   at::Tensor out = return_sequence ? at::empty({M, B, T, H}, opts) : at::empty({M, B, H}, opts);

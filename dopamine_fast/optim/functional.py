@@ -57,15 +57,6 @@ def apply_noise_combination(plan: PerturbationPlan, params: Tuple[ParamNoise, ..
         pn.param.data.add_(u, alpha=alpha * clip * scale)
 
 
-def member_perturbations(pn: ParamNoise, plan: PerturbationPlan, first_id: int, count: int) -> torch.Tensor:
-    """``eps`` of one parameter for noise ids ``first_id .. first_id+count-1``: [count, *param.shape]."""
-    p = pn.param
-    rank = pn.rank if p.dim() >= 2 else 0
-    v = ops.noise(plan.seed, plan.step, pn.stream, first_id, count, ops.low_rank_numel(p.shape, rank),
-                  device=p.device, dtype=p.dtype)
-    return ops.expand_noise(v, p.shape, rank)
-
-
 def is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
@@ -85,5 +76,5 @@ def mean_abs(delta: torch.Tensor) -> float:
     return float(delta.abs().mean()) if delta.numel() else 0.0
 
 
-__all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination",
-           "member_perturbations", "check_scalar_loss", "is_finite", "mean_abs"]
+__all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination", "check_scalar_loss",
+           "is_finite", "mean_abs"]

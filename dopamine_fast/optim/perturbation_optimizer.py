@@ -12,8 +12,9 @@ from torch.optim import Optimizer
 from ..distributed.parallel import as_parallel
 from ..ops.noise import MAX_SEED
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
+from ..plan_noise import member_perturbations
 from . import divergence
-from .functional import check_scalar_loss, is_finite, member_perturbations
+from .functional import check_scalar_loss, is_finite
 
 GLOBAL_STATE = "global"
 # Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
