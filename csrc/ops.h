@@ -17,7 +17,8 @@
 
 namespace dopamine_fast {
 
-// Noise id and sign of member m (docs/noise.md, "Members"); the unperturbed member has id 0 and sign 0.
+// Noise id and sign of member m; the unperturbed member has id 0 and sign 0. The C++ copy of the one definition,
+// dopamine_fast/plan.py's member_noise_ids (tests/test_member_numbering.py checks it through the ops).
 struct MemberNoise {
   uint32_t id;
   float sign;
