@@ -78,7 +78,6 @@ at::Tensor normals(int64_t ids, int64_t numel, const NoiseKey& key, int64_t firs
 namespace {
 
 void noise_cuda(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id) {
-  check_noise_out(out, seed, step, stream, first_id, /*bits=*/false);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
@@ -87,7 +86,6 @@ void noise_cuda(const at::Tensor& out, int64_t seed, int64_t step, int64_t strea
 }
 
 void noise_bits_cuda(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id) {
-  check_noise_out(out, seed, step, stream, first_id, /*bits=*/true);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());

@@ -18,10 +18,8 @@ from .registry import (BACKEND_ENV, ORDER, available_backends, backend_info, cle
 
 
 def register_op(spec):
-    """Register the reference of ``spec`` and each kernel that implements it here; returns the compiled op (which
-    runs the argument checks itself), or None."""
+    """Register the reference of ``spec`` and each kernel that implements it here."""
     register(spec.name, "reference", spec.reference)
-    kernel = None
     if native.load_error() is None:
         kernel = native.define(spec)  # None when _C does not match the schema: status() then says so
         register(spec.name, "cpp", kernel, device_types=("cpu",), available=lambda: native.status(spec.name, "CPU"))
@@ -33,7 +31,6 @@ def register_op(spec):
         devices = ("cuda", "cpu") if triton.interpreted() else ("cuda",)
         register(spec.name, "triton", launcher, device_types=devices, auto_device_types=("cuda",),
                  available=triton.status)
-    return kernel
 
 
 __all__ = ["BACKEND_ENV", "ORDER", "available_backends", "backend_info", "clear_cache", "dispatch", "forced_backend",

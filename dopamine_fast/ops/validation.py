@@ -1,10 +1,9 @@
-"""Argument checks of the public ops: the one layer in front of the Python backends and the fake kernels. Each
-``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
+"""Argument checks of the public ops: the one validation layer, in front of every backend and the fake kernels.
+Each ``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
 
-The compiled backends (``cpp``, ``cuda``) run the same checks in C++ (``csrc/ops.cpp``), message for message, so
-the public op skips these for them; either way a bad call fails with a ``ValueError`` naming the argument before any
-kernel reads or writes memory. Only metadata is read (shapes, dtypes, devices, strides): no device
-synchronisation, cheap enough for every call.
+A bad call fails with a ``ValueError`` naming the argument before any kernel reads or writes memory. The kernels
+(C++, CUDA, Triton) assume checked arguments: ``torch.ops.dopamine_fast_C.<op>``, called directly, is unchecked.
+Only metadata is read (shapes, dtypes, devices, strides): no device synchronisation, cheap enough for every call.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ def check_written(t: torch.Tensor, name: str) -> None:
 
     The rule of ``at::has_internal_overlap``: a dimension of size > 1 with stride 0.
     """
-    if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+    strides = t.stride()
+    if 0 in strides and any(stride == 0 and size > 1 for size, stride in zip(t.shape, strides)):
         raise ValueError(f"{name} has elements that share memory (an expand()-ed view?); clone() it before "
                          f"writing into it")
 
