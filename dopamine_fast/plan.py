@@ -21,12 +21,13 @@ checked against this one through the ops' outputs by ``tests/test_member_numberi
 and ``num_noise_ids`` (``csrc/ops.h``, for the CPU kernels and CUDA's low-rank path), the full-rank CUDA kernel's
 ``slot_of`` (``csrc/cuda/perturbed_matmul.cu``, the inverse map) and Triton's ``member_noise``.
 
-This module imports only torch and the standard library: ``dopamine_fast.ops`` and ``dopamine_fast.optim``
-both import it.
+This module imports only torch and the standard library: ``dopamine_fast.ops``, ``dopamine_fast.optim`` and the
+Triton kernels (``dopamine_fast.backends.triton``) import it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -60,6 +61,14 @@ class PerturbationPlan:
         return range(self.num_members) if self.members is None else self.members
 
 
+def low_rank_numel(shape, rank: int) -> int:
+    """Number of normals the low-rank factors of a parameter of ``shape`` take (full rank: its numel)."""
+    if rank == 0 or len(shape) < 2:
+        return math.prod(shape)
+    out = shape[0]
+    return (out + math.prod(shape[1:])) * rank
+
+
 def num_noise_ids(num_members: int, baseline: bool, antithetic: bool) -> int:
     """How many distinct noise draws ``num_members`` members use."""
     perturbed = num_members - (1 if baseline else 0)
@@ -89,4 +98,4 @@ def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=
     return ids, signs
 
 
-__all__ = ["ParamNoise", "PerturbationPlan", "member_noise_ids", "num_noise_ids"]
+__all__ = ["ParamNoise", "PerturbationPlan", "low_rank_numel", "member_noise_ids", "num_noise_ids"]

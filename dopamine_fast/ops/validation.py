@@ -13,11 +13,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..activations import ACTIVATIONS, NONLINEARITIES
 from .noise import MASK32 as MAX_WORD  # noise ids, streams and members are 32-bit counter words
 from .noise import MAX_NUMEL, check_counter_args
-
-ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
-NONLINEARITIES = ("tanh", "relu")
 
 
 def check_written(t: torch.Tensor, name: str) -> None:
