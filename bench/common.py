@@ -90,7 +90,9 @@ def start(doc: str, bench: str, op: str, grids: dict, columns, derived, budget_s
     """The opening every op benchmark shares: arguments, this run's grid, the backends to time, a recorder."""
     args = parse_args(doc.splitlines()[0], budget_s=budget_s, cuda_budget_s=cuda_budget_s)
     grid = grids["quick" if args.quick else args.device.type]
-    return args, grid, kernel_backends(op, args.device, args.backends), Recorder(bench, args, columns, derived)
+    own = op if bench == op.rstrip("_") else None  # bench_<op>.py times its op; bench_step only uses the backends
+    rec = Recorder(bench, args, columns, derived, op=own, title=doc.splitlines()[0].strip('"'))
+    return args, grid, kernel_backends(op, args.device, args.backends), rec
 
 
 def model_cases(spec: str) -> Dict[tuple, List[int]]:
@@ -248,8 +250,9 @@ class Recorder:
     """
 
     def __init__(self, name: str, args: argparse.Namespace, columns: Iterable[str], derived: Iterable[str] = (),
-                 slow_s: float = 1.0):
+                 slow_s: float = 1.0, op: Optional[str] = None, title: Optional[str] = None):
         self.name, self.args = name, args
+        self.op, self.title = op, title  # the op of an op's benchmark: the summaries find those by it
         self.device = args.device
         self.columns = ["bench", "device"] + list(columns) + ["time_s", "min_s", "max_s", "repeats",
                                                              "peak_mb", "status"] + list(derived)
@@ -341,7 +344,7 @@ class Recorder:
         """The CSV with the derived columns filled in, and ``<name>.json``: the machine and the settings."""
         path = self._write_csv()
         info = {"machine": machine_info(self.device), "quick": self.args.quick, "budget_s": self.args.budget_s,
-                "wall_s": time.perf_counter() - self.started, **(meta or {})}
+                "wall_s": time.perf_counter() - self.started, "op": self.op, "title": self.title, **(meta or {})}
         with open(self.args.out / f"{self.name}.json", "w") as f:
             json.dump(info, f, indent=1, default=str)
         print(f"wrote {path} ({len(self.rows)} rows) in {info['wall_s']:.1f} s", flush=True)

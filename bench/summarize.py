@@ -29,6 +29,16 @@ def meta(out: Path, name: str) -> Dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def benches(out: Path) -> List[str]:
+    """The benchmarks whose results are in ``out`` (each wrote ``<name>.json`` beside its CSV)."""
+    return sorted(p.stem for p in out.glob("*.json"))
+
+
+def op_benches(out: Path) -> List[str]:
+    """Those of them that time one op (their JSON names it)."""
+    return [name for name in benches(out) if meta(out, name).get("op")]
+
+
 def num(v) -> Optional[float]:
     try:
         return float(v)
@@ -85,7 +95,7 @@ def cell_ratio(r, column="ratio_to_floor", label_backend=True) -> str:
 
 def machine_section(out: Path) -> List[str]:
     info = {}
-    for name in ("population", "perturbed_linear", "step", "noise", "perturbed_rnn", "rpe_update"):
+    for name in ["population"] + benches(out):
         info = meta(out, name)
         if info:
             break
@@ -100,8 +110,7 @@ def machine_section(out: Path) -> List[str]:
     if sq:
         lines.append(f"- one {sq['n']}x{sq['n']} float32 matmul: {sq['flops'] / 1e9:.1f} GFLOP/s "
                      f"(the yardstick of the FLOP/s fractions)")
-    walls = {n: meta(out, n).get("wall_s") for n in ("dispatch", "noise", "perturbed_linear", "perturbed_rnn",
-                                                     "rpe_update", "population", "step")}
+    walls = {n: meta(out, n).get("wall_s") for n in benches(out)}
     lines.append("- wall time per script (s): " + ", ".join(f"{n} {w:.0f}" for n, w in walls.items() if w))
     peers = meta(out, "population").get("peers", {})
     if peers:
@@ -232,35 +241,32 @@ def step_section(out: Path) -> List[str]:
                           "speedup vs Open-ES"], body)
 
 
-def noise_section(out: Path) -> List[str]:
-    rows = ok(read(out, "noise"))
+def cell(column: str, v) -> str:
+    """A derived column's value: ratios as ``N×``, fractions as percentages, rates to 3 digits."""
+    if num(v) is None:
+        return "–"
+    if column.startswith(("ratio_", "speedup_")):
+        return x(v)
+    return f"{num(v):.0%}" if column.endswith("fraction") else f"{num(v):.3g}"
+
+
+def op_section(out: Path, name: str) -> List[str]:
+    """One op benchmark's table: its case columns as written, the time, its derived columns, the peak memory."""
+    rows, info = ok(read(out, name)), meta(out, name)
+    title = [f"`{info['op']}`: " + (info.get("title") or name).replace("``", "`"), ""]
     if not rows:
-        return []
-    return ["## Noise generator", ""] + table(
-        ["ids × numel", "backend", "ms", "normals/s", "rate / torch.randn"],
-        [[f"{r['num_ids']}×{r['numel']}", r["backend"], ms(r["time_s"]), f"{num(r['normals_per_s']):.3g}",
-          x(r["ratio_to_randn"])] for r in rows])
+        return title + table([], [])
+    header = list(rows[0])
+    cases_ = [c for c in header[header.index("device") + 1:header.index("time_s")] if c not in ("members", "normals")]
+    derived = header[header.index("status") + 1:]
+    return title + table(cases_ + ["ms"] + derived + ["peak MiB"],
+                         [[r[c] for c in cases_] + [ms(r["time_s"])] + [cell(c, r[c]) for c in derived]
+                          + [f"{num(r['peak_mb']) or 0:.1f}"] for r in rows])
 
 
 def ops_section(out: Path) -> List[str]:
-    lines = ["## Single ops", ""]
-    lin = ok(read(out, "perturbed_linear"))
-    lines += ["perturbed_linear (tanh) — issue 3's case is in=out=256, B=32, K=1024:", ""]
-    lines += table(["in→out", "B", "K", "backend", "rank", "ms", "/ floor", "GFLOP/s", "of matmul", "peak MiB"],
-                   [[f"{r['in_features']}→{r['out_features']}", r["batch"], r["K"], r["backend"], r["rank"],
-                     ms(r["time_s"]), x(r["ratio_to_floor"]), f"{num(r['gflops']):.3g}",
-                     f"{num(r['matmul_fraction']):.0%}", f"{num(r['peak_mb']) or 0:.1f}"] for r in lin])
-    rnn = ok(read(out, "perturbed_rnn"))
-    lines += ["perturbed_rnn (tanh, 3 inputs):", ""]
-    lines += table(["hidden", "T", "B", "K", "backend", "rank", "ms", "/ floor", "peak MiB"],
-                   [[r["hidden"], r["steps"], r["batch"], r["K"], r["backend"], r["rank"], ms(r["time_s"]),
-                     x(r["ratio_to_floor"]), f"{num(r['peak_mb']) or 0:.1f}"] for r in rnn])
-    upd = ok(read(out, "rpe_update"))
-    lines += ["rpe_update_ (stored_gemv: c @ E with the K×P noise already in memory):", ""]
-    lines += table(["shape", "K", "backend", "rank", "ms", "/ stored", "normals/s"],
-                   [[f"{r['rows']}×{r['cols']}", r["K"], r["backend"], r["rank"], ms(r["time_s"]),
-                     x(r["ratio_to_stored"]), f"{num(r['normals_per_s']):.3g}"] for r in upd])
-    return lines
+    names = op_benches(out)
+    return ["## Single ops", ""] + [line for name in names for line in op_section(out, name)] if names else []
 
 
 def dispatch_section(out: Path) -> List[str]:
@@ -279,7 +285,7 @@ def dispatch_section(out: Path) -> List[str]:
 
 def skipped_section(out: Path) -> List[str]:
     counts = Counter()
-    for name in ("noise", "perturbed_linear", "perturbed_rnn", "rpe_update", "population", "step", "dispatch"):
+    for name in benches(out):
         for r in read(out, name):
             if r.get("status") != "ok":
                 status = re.sub(r"about \S+ s per call", "about N s per call", r["status"])
@@ -309,7 +315,7 @@ def main():
              "are optional: `pip install --no-deps evotorch && pip install ray cma gymnasium pandas` (keeps the "
              "installed torch) and `pip install \"jax[cpu]\" evosax`; where one is missing its rows say so.", ""]
     for section in (machine_section, targets_section, population_section, step_section, dispatch_section,
-                    noise_section, ops_section, skipped_section):
+                    ops_section, skipped_section):
         lines += section(out)
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'README.md'}")

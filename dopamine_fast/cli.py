@@ -31,14 +31,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-import dopamine_fast
-
 from . import _startup, backends
 from ._extras import MissingExtra, require
 from .backends import ORDER, use_backend
 from .experiments import DESCRIPTIONS, OPTIMIZERS, available_optimizers, compare, hparams_for, train, write_compare
 from .experiments.live import CsvRows, FolderBusy, FolderLock, StopOnInterrupt
-from .experiments.optimizers import PERTURBATION, build_stepper
+from .experiments.optimizers import OPTIMIZER_CLASSES, PERTURBATION, check_settings
 from .experiments.report import format_table, plot_run
 from .ops import SPECS
 from .tasks import TASKS, get_task, task_options
@@ -49,9 +47,6 @@ DEFAULT_STEPS = {"xor": 1000, "chaotic": 100}
 DEFAULT_EVALUATIONS = {"xor": 9000, "chaotic": 900}
 
 INTERRUPTED = _startup.INTERRUPTED  # exit status after Ctrl-C or SIGTERM
-
-# The optimizer classes behind the names, for `list` (their constructors' keywords are the accepted options).
-OPTIMIZER_CLASSES = {"wp": "WeightPerturbation", "dopamine": "Dopamine", "dopamine2": "Dopamine2"}
 
 # Shortcut flags for common task options (--task-option takes every option; get_task rejects what a task lacks).
 TASK_FLAGS = {"length": int, "lookback": int, "horizon": int, "train_size": int, "test_size": int,
@@ -295,23 +290,23 @@ def _check_optimizer_names(parser, args, names) -> None:
             parser.error(f"--optimizer-option {key}: {target} is not an optimizer of this run ({', '.join(names)})")
 
 
-def _steppers(parser, task, names, hparams, hidden) -> dict:
-    """Build each optimizer once, so that its own checks refuse bad settings as usage errors, before any run."""
-    steppers = {}
+def _check_settings(parser, names, hparams) -> dict:
+    """Each optimizer's settings checked by its own constructor, as usage errors before any run; returns the loss
+    evaluations one step of each costs."""
+    per_step = {}
     for name in names:
         try:
-            steppers[name] = build_stepper(name, task.build_model(hidden), task, hparams[name], seed=0)
+            per_step[name] = check_settings(name, hparams[name])
         except (TypeError, ValueError) as err:
             parser.error(f"{name}: {err}")
-    return steppers
+    return per_step
 
 
-def _check_budget(parser, task, names, hparams, evaluations, hidden) -> None:
+def _check_budget(parser, names, hparams, evaluations) -> None:
     """Refuse a budget smaller than one step of some optimizer, before any run starts."""
-    for name, stepper in _steppers(parser, task, names, hparams, hidden).items():
-        if evaluations < stepper.evaluations_per_step:
-            parser.error(f"--evaluations {evaluations} is less than one {name} step "
-                         f"({stepper.evaluations_per_step} loss evaluations)")
+    for name, per_step in _check_settings(parser, names, hparams).items():
+        if evaluations < per_step:
+            parser.error(f"--evaluations {evaluations} is less than one {name} step ({per_step} loss evaluations)")
 
 
 def _require_extras(parser, args) -> None:
@@ -344,9 +339,9 @@ def _missing(names) -> List[str]:
 
 def _optimizer_options(name: str) -> List[str]:
     """The constructor keywords of a perturbation optimizer (what --optimizer-option accepts); [] for the others."""
-    cls = getattr(dopamine_fast, OPTIMIZER_CLASSES.get(name, ""), None)
-    if cls is None:
+    if name not in PERTURBATION:
         return []
+    cls = OPTIMIZER_CLASSES[name]
     skip = {"self", "params", "seed", "process_group"}  # the seed comes from --seed, the group from --distributed
     return [p for p in inspect.signature(cls).parameters if p not in skip]
 
@@ -369,7 +364,7 @@ def _cmd_train(parser, args, task, device, held) -> int:
     hp = hparams_for(task.family, args.optimizer, **_overrides(args, args.optimizer))
     steps = args.steps or DEFAULT_STEPS[task.family]
     _check_optimizer_names(parser, args, [args.optimizer])
-    _steppers(parser, task, [args.optimizer], {args.optimizer: hp}, args.hidden)
+    _check_settings(parser, [args.optimizer], {args.optimizer: hp})
     name = f"{args.optimizer}-seed{args.seed}"
     if args.distributed:  # the ranks share one folder, named alike by all, and resume from its checkpoint
         out = _output_folder(parser, args.out or Path("runs") / f"{task.name}-{name}", True, None)
@@ -422,7 +417,7 @@ def _cmd_compare(parser, args, task, device, held) -> int:
     evaluations = args.evaluations or DEFAULT_EVALUATIONS[task.family]
     _check_optimizer_names(parser, args, names)
     hparams = {n: hparams_for(task.family, n, **_overrides(args, n)) for n in names}
-    _check_budget(parser, task, names, hparams, evaluations, args.hidden)
+    _check_budget(parser, names, hparams, evaluations)
     out = _output_folder(parser, args.out or _default_folder(args, f"compare-{'-'.join(names)}-seeds{args.seeds}"),
                          args.overwrite, held)
     print(f"{task.describe()}\n{len(names)} optimizers x {args.seeds} seeds, {evaluations} loss evaluations each, "

@@ -15,18 +15,19 @@ rank (:class:`ParamNoise`). The noise itself is never stored; it is regenerated 
   member by member. The losses go back to the optimizer with the plan they came from:
   ``optimizer.step_from_losses(losses, plan)``.
 
-Member numbering (the "Members" section of docs/noise.md): member 0 is the unperturbed model (the baseline);
-with ``p = m - 1`` (or ``p = m`` without a baseline), member ``m`` carries noise id ``j = p`` and sign ``+1``,
-or with antithetic pairs noise id ``j = p // 2`` and sign ``+1`` for even ``p``, ``-1`` for odd ``p``. Its
-parameters are ``w + sign * sigma * eps_j``. :func:`member_noise_ids` gives this mapping and
-:func:`num_noise_ids` the number of distinct noise draws.
+The member numbering (member 0 unperturbed, antithetic pairs) is defined here, once: :func:`member_noise_ids`
+(and :func:`num_noise_ids`, the number of distinct noise draws). Each kernel language carries its own copy,
+checked against this one through the ops' outputs by ``tests/test_member_numbering.py``: C++ ``member_noise``
+and ``num_noise_ids`` (``csrc/ops.h``, for the CPU kernels and CUDA's low-rank path), the full-rank CUDA kernel's
+``slot_of`` (``csrc/cuda/perturbed_matmul.cu``, the inverse map) and Triton's ``member_noise``.
 
-This module imports only torch and the standard library: ``dopamine_fast.ops`` and ``dopamine_fast.optim``
-both import it.
+This module imports only torch and the standard library: ``dopamine_fast.ops``, ``dopamine_fast.optim`` and the
+Triton kernels (``dopamine_fast.backends.triton``) import it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -60,6 +61,14 @@ class PerturbationPlan:
         return range(self.num_members) if self.members is None else self.members
 
 
+def low_rank_numel(shape, rank: int) -> int:
+    """Number of normals the low-rank factors of a parameter of ``shape`` take (full rank: its numel)."""
+    if rank == 0 or len(shape) < 2:
+        return math.prod(shape)
+    out = shape[0]
+    return (out + math.prod(shape[1:])) * rank
+
+
 def num_noise_ids(num_members: int, baseline: bool, antithetic: bool) -> int:
     """How many distinct noise draws ``num_members`` members use."""
     perturbed = num_members - (1 if baseline else 0)
@@ -71,8 +80,10 @@ def num_noise_ids(num_members: int, baseline: bool, antithetic: bool) -> int:
 def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=None):
     """Noise id and sign of each member: ``(ids, signs)``, int64 and float32 tensors of length ``num_members``.
 
-    The unperturbed member (member 0 when ``baseline``) has id 0 and sign 0, so ``w + sign * sigma * eps``
-    is ``w`` for it whatever ``eps`` is.
+    Member 0 is the unperturbed model when ``baseline``. With ``p = m - 1`` (or ``p = m`` without a baseline),
+    member ``m`` carries noise id ``j = p`` and sign ``+1``, or with antithetic pairs noise id ``j = p // 2`` and
+    sign ``+1`` for even ``p``, ``-1`` for odd ``p``; its parameters are ``w + sign * sigma * eps_j``. The
+    unperturbed member has id 0 and sign 0, so that is ``w`` for it whatever ``eps`` is.
     """
     m = torch.arange(num_members, device=device)
     p = m - (1 if baseline else 0)
@@ -87,4 +98,4 @@ def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=
     return ids, signs
 
 
-__all__ = ["ParamNoise", "PerturbationPlan", "member_noise_ids", "num_noise_ids"]
+__all__ = ["ParamNoise", "PerturbationPlan", "low_rank_numel", "member_noise_ids", "num_noise_ids"]

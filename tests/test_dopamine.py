@@ -284,4 +284,7 @@ def test_divergence_guard_ignores_jitter_near_zero():
     opt = df.Dopamine([w], num_perturbations=2, antithetic=False, on_divergence="raise")
     for t in range(30):
         base = 1.0 if t == 0 else (1e-6 if t == 5 else 1e-4)  # 100x the best, far below where it started
+        before = w.detach().clone()
         opt.step_from_losses(torch.tensor([base, base * 1.1, base * 0.9]))
+        assert not torch.equal(w.detach(), before)  # every update applied: the guard never held one back
+    assert opt.state["global"]["divergence"]["strikes"] == 0  # the jitter never counted as divergence

@@ -81,8 +81,7 @@ def test_every_backend_refuses_with_the_same_message(case):
     errors = {b: _error(b, call) for b in usable}
     for backend, text in errors.items():
         assert message in text, (backend, text)
-    # dtype names are spelled differently by C++ ("Long") and Python ("torch.int64"): compare up to "got".
-    assert len({text.split(" got ")[0] for text in errors.values()}) == 1, errors
+    assert len(set(errors.values())) == 1, errors  # one validation layer (ops/validation.py) for every backend
 
 
 def test_rejected_calls_leave_their_outputs_alone():
@@ -110,14 +109,6 @@ def test_mixed_devices_are_refused(case):
     call, message = MIXED[case]
     with pytest.raises(ValueError, match=message):
         call()
-
-
-def test_the_native_op_refuses_mixed_devices_too():
-    if "cpp" not in backends.available_backends("perturbed_linear", "cpu"):
-        pytest.skip("native module not built")
-    native = backends.implementation("perturbed_linear", "cpp")
-    with pytest.raises(ValueError, match="x is on meta but weight on cpu"):
-        native(torch.randn(2, 4, device=META), torch.randn(5, 4), None, 0, 0, 0, 1, 0.1, 3, 0, True, False, "none")
 
 
 def test_all_meta_still_gives_shapes():

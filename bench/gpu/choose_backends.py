@@ -1,7 +1,7 @@
 """Which of two backends is faster per op, from the op benchmarks' CSV files: the registry's preference on a card.
 
-For every op benchmark (noise, perturbed_linear, perturbed_rnn, rpe_update) and the population benchmark (the
-whole fused path, by rank), the cases both backends ran are paired (same sizes, same rank) and the ratio of their
+For every op benchmark in the folder (its JSON names the op it times) and the population benchmark (the whole fused
+path, by rank), the cases both backends ran are paired (same sizes, same rank) and the ratio of their
 median times taken; the geometric mean over the cases, and how many each won, go to ``backend_choice.csv``.
 ``bench/results/gpu/README.md`` records the numbers behind the registry's order.
 
@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from pathlib import Path
 
-# bench CSV -> (op it times, columns that name a case)
-SOURCES = {
-    "noise": ("noise_", ["num_ids", "numel"]),
-    "perturbed_linear": ("perturbed_linear", ["in_features", "out_features", "batch", "K", "rank"]),
-    "perturbed_rnn": ("perturbed_rnn", ["hidden", "steps", "batch", "K", "rank"]),
-    "rpe_update": ("rpe_update_", ["rows", "cols", "K", "rank"]),
-    "population": ("population (whole fused path)", ["model", "batch", "K", "rank"]),
-}
+WHOLE_PATH = {"population": ("population (whole fused path)", ["model", "batch", "K", "rank"])}
+NOT_A_CASE = ("backend", "members", "normals")  # columns that do not name a case (or follow from those that do)
+
+
+def sources(out: Path) -> dict:
+    """bench CSV -> (what it times, columns that name a case): the op benchmarks written to ``out``, whose JSON
+    names the op and whose case columns are those the CSV writes before its times, and the whole path."""
+    found = {}
+    for path in sorted(out.glob("*.json")):
+        op = json.loads(path.read_text()).get("op")
+        csv_path = path.with_suffix(".csv")
+        if op and csv_path.exists():
+            with open(csv_path) as f:
+                header = next(csv.reader(f))
+            found[path.stem] = (op, [c for c in header[header.index("device") + 1:header.index("time_s")]
+                                     if c not in NOT_A_CASE])
+    return {**found, **WHOLE_PATH}
 
 
 def compare(path: Path, keys, first: str, second: str):
@@ -43,7 +53,7 @@ def main():
     first, second = args.backends.split(",")
     out = Path(args.out)
     rows = []
-    for bench, (op, keys) in SOURCES.items():
+    for bench, (op, keys) in sources(out).items():
         path = out / f"{bench}.csv"
         pairs = compare(path, keys, first, second) if path.exists() else []
         if not pairs:

@@ -4,10 +4,11 @@
 #   1. builds dopamine_fast._C in place with every core, for the GPU present (setup.py's default),
 #   2. runs the CUDA and Triton tests (pytest -k "cuda or triton"),
 #   3. runs the benchmarks on the GPU, most telling first, each under its own timeout and --budget-s:
-#      the sigma=1e-5 full-rank precision check, op dispatch overhead, noise vs torch.randn, perturbed_linear,
-#      perturbed_rnn (with the nn.RNN floor), populations (MLP 3x1024 K=4096 B=32 vs the cuBLAS floor, loop,
+#      the sigma=1e-5 full-rank precision check, populations (MLP 3x1024 K=4096 B=32 vs the cuBLAS floor, loop,
 #      vmap, FLOP/s fraction of a dense matmul), whole steps (paper RNN: 512 hidden, batch 5000, look-back 32,
-#      vs Adam/BPTT: time and peak CUDA memory), rpe_update, then the cuda-vs-triton choice per op,
+#      vs Adam/BPTT: time and peak CUDA memory), each op's benchmark (bench/suite.py: noise vs torch.randn,
+#      perturbed_linear, perturbed_rnn with the nn.RNN floor, rpe_update), op dispatch overhead, then the
+#      cuda-vs-triton choice per op,
 #   4. packs everything into at most 5 files under $OUT (only up to 8 come back from the device machine):
 #        log.txt  the whole run, in order, with timestamps      build.txt  compiler output (ptxas report)
 #        pytest.txt  the tests      bench.txt  the benchmarks' output      results.tgz  CSV, JSON, plots
@@ -111,12 +112,13 @@ fi
 # Most telling first, so that a spent budget cuts the least.
 step precision 30 "$OUT/bench.txt" "$PYTHON" -u bench/gpu/precision_check.py --device "$DEVICE" --out "$RESULTS" $QUICK
 bench bench_population 80
-bench bench_perturbed_rnn 45
 bench bench_step 70
-bench bench_noise 25
-bench bench_perturbed_linear 45
+# One benchmark per op of ops.SPECS that has one (bench/suite.py), 35 s each.
+OP_BENCHES="$("$PYTHON" bench/suite.py)" || log "== bench/suite.py failed: the op benchmarks are not run"
+for name in $OP_BENCHES; do
+  bench "$name" 35
+done
 bench bench_dispatch 20
-bench bench_rpe_update 25
 step choose-backends 20 "$OUT/bench.txt" "$PYTHON" bench/gpu/choose_backends.py --out "$RESULTS" \
   --backends "$( [ "$DEVICE" = cuda ] && echo cuda,triton || echo cpp,reference )"
 step summarize 20 "$OUT/bench.txt" "$PYTHON" bench/summarize.py --out "$RESULTS" \

@@ -101,7 +101,6 @@ at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c
                                 int64_t seed, int64_t step, int64_t weight_stream, int64_t bias_stream, double sigma,
                                 int64_t num_members, int64_t rank, bool baseline, bool antithetic,
                                 c10::string_view activation) {
-  check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank);
   const Activation act = parse_activation(std::string(activation), /*allowed_rnn=*/false);
   // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
   // not differentiable, so nothing in it may carry autograd history (parallel.h).

@@ -161,8 +161,6 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
                              const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
                              c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank,
                              bool baseline, bool antithetic, c10::string_view nonlinearity, bool return_sequence) {
-  check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
-                           rank);
   const Activation act = parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true);
   // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
   // not differentiable, so nothing in it may carry autograd history (parallel.h).

@@ -68,7 +68,6 @@ void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& ke
 
 void rpe_update_cpu(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step, int64_t stream,
                     int64_t rank, double alpha) {
-  check_rpe_update_args(param, coeffs, seed, step, stream, rank);
   if (param.numel() == 0 || coeffs.numel() == 0) return;
   const int64_t r = param.dim() >= 2 ? rank : 0;  // vectors always take full-rank noise
   // Work on a contiguous tensor of the compute dtype (the parameter itself when it already is one) and copy

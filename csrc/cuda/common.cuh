@@ -27,8 +27,6 @@ inline unsigned int grid_for(int64_t total) {
 
 inline at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-inline NoiseKey key_for(int64_t seed, int64_t step, int64_t stream) { return make_noise_key(seed, step, stream); }
-
 inline NoiseKey with_stream(NoiseKey key, int64_t stream) {
   key.stream = static_cast<uint32_t>(stream);
   return key;

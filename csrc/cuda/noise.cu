@@ -78,23 +78,22 @@ at::Tensor normals(int64_t ids, int64_t numel, const NoiseKey& key, int64_t firs
 namespace {
 
 void noise_cuda(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id) {
-  check_noise_out(out, seed, step, stream, first_id, /*bits=*/false);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
-  fill_normals(dst, key_for(seed, step, stream), first_id);
+  fill_normals(dst, make_noise_key(seed, step, stream), first_id);
   if (!dst.is_same(out)) out.copy_(dst);
 }
 
 void noise_bits_cuda(const at::Tensor& out, int64_t seed, int64_t step, int64_t stream, int64_t first_id) {
-  check_noise_out(out, seed, step, stream, first_id, /*bits=*/true);
   TORCH_CHECK(out.is_cuda(), "out must be a CUDA tensor, got ", out.device());
   const c10::cuda::CUDAGuard guard(out.device());
   at::Tensor dst = out.is_contiguous() ? out : at::empty(out.sizes(), out.options());
   const int64_t rows = dst.size(0), numel = dst.size(1);
   if (rows > 0 && numel > 0) {
     noise_bits_kernel<<<grid_for(rows * ceil_div(numel, 4)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        dst.data_ptr<int64_t>(), rows, numel, key_for(seed, step, stream), static_cast<uint32_t>(first_id));
+        dst.data_ptr<int64_t>(), rows, numel, make_noise_key(seed, step, stream),
+        static_cast<uint32_t>(first_id));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (!dst.is_same(out)) out.copy_(dst);

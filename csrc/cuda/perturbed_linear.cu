@@ -22,7 +22,6 @@ at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, 
                                  int64_t seed, int64_t step, int64_t weight_stream, int64_t bias_stream, double sigma,
                                  int64_t num_members, int64_t rank, bool baseline, bool antithetic,
                                  c10::string_view activation) {
-  check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank);
   TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got ", weight.device());
   const int act = static_cast<int>(parse_activation(std::string(activation), /*allowed_rnn=*/false));
   const c10::cuda::CUDAGuard guard(weight.device());
@@ -34,7 +33,7 @@ at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, 
       bias.has_value() ? std::optional<at::Tensor>(bias->to(ct).contiguous()) : std::nullopt;
   const bool shared = x.dim() == 2;
   const int64_t M = num_members, rows = x.size(-2), out = w.size(0), in = w.size(1);
-  const NoiseKey key = key_for(seed, step, weight_stream);
+  const NoiseKey key = make_noise_key(seed, step, weight_stream);
   at::Tensor y;
 
   if (rank == 0) {

@@ -14,7 +14,8 @@ namespace cuda {
 namespace {
 
 // A CTA of the full-rank kernel serves one noise id: the members that share it (one, or an antithetic pair
-// with signs + and -), or the unperturbed baseline member (slot 0 when `baseline`).
+// with signs + and -), or the unperturbed baseline member (slot 0 when `baseline`). slot_of inverts the member
+// numbering of dopamine_fast/plan.py (member_noise_ids); tests/test_member_numbering.py checks it.
 struct Slot {
   int64_t a, b;  // members; b < 0 when the slot has one member
   uint32_t id;

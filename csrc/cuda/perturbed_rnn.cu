@@ -23,8 +23,6 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
                               const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
                               c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank, bool baseline,
                               bool antithetic, c10::string_view nonlinearity, bool return_sequence) {
-  check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
-                           rank);
   TORCH_CHECK(weight_hh.is_cuda(), "weight_hh must be a CUDA tensor, got ", weight_hh.device());
   const int act = static_cast<int>(parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true));
   const c10::cuda::CUDAGuard guard(weight_hh.device());
@@ -38,7 +36,7 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
   const std::optional<at::Tensor> h0c = conv(h0), bih = conv(bias_ih), bhh = conv(bias_hh);
   const bool shared = x.dim() == 3;
   const int64_t M = num_members, B = x.size(-3), T = x.size(-2), in = wih.size(1), H = whh.size(0);
-  const NoiseKey key = key_for(seed, step, streams[0]);
+  const NoiseKey key = make_noise_key(seed, step, streams[0]);
   const bool h0_shared = h0c.has_value() && h0c->dim() == 2;
 
   at::Tensor out = return_sequence ? at::empty({M, B, T, H}, opts) : at::empty({M, B, H}, opts);

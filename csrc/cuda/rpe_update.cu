@@ -108,11 +108,10 @@ void rpe_low_rank(const at::Tensor& param, const at::Tensor& coeffs, const Noise
 
 void rpe_update_cuda(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step, int64_t stream,
                      int64_t rank, double alpha) {
-  check_rpe_update_args(param, coeffs, seed, step, stream, rank);
   TORCH_CHECK(param.is_cuda(), "param must be a CUDA tensor, got ", param.device());
   const c10::cuda::CUDAGuard guard(param.device());
   if (param.numel() == 0 || coeffs.numel() == 0) return;
-  const NoiseKey key = key_for(seed, step, stream);
+  const NoiseKey key = make_noise_key(seed, step, stream);
   if (rank == 0 || param.dim() < 2) {
     rpe_full(param, coeffs, key, alpha);
   } else {

@@ -3,7 +3,8 @@
 Importing ``_C`` registers its CPU and CUDA kernels (``TORCH_LIBRARY_IMPL`` in ``csrc/``) for ops of the
 ``dopamine_fast_C`` namespace; the schemas of those ops are defined here, by ``define``, from the same spec as the
 public op. The dispatcher checks each kernel's C++ signature against that schema: a mismatch (a stale build) makes
-the op's compiled backend unavailable, with the reason, instead of a wrong call.
+the op's compiled backend unavailable, with the reason, instead of a wrong call. The kernels check no arguments
+(the public op does, ``ops/validation.py``): a direct call of ``torch.ops.dopamine_fast_C.<op>`` is unchecked.
 """
 
 from __future__ import annotations

@@ -1,23 +1,31 @@
-"""The optimizers a run can use, their per-task-family defaults, and one ``Stepper`` interface over all of them.
+"""The optimizers a run can use: their classes by name, per-task-family defaults, checks and ``Stepper`` builders.
 
-A ``Stepper`` hides how a step is taken (perturbations with a closure, back-propagation, an evolution strategy),
-so the training loop is the same for every optimizer and the perturbation step can later be swapped for the
-batched ``Population`` path without touching the loop.
+Every optimizer is driven through one ``Stepper`` (``stepper.py``), so the training loop is the same for all.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 
 import dopamine_fast
 
+from .pgpe import pgpe_popsize, pgpe_stepper
+from .stepper import Stepper
+
 PERTURBATION = ("wp", "dopamine", "dopamine_fixed", "dopamine2")
 GRADIENT = ("sgd", "adam")
 OPTIMIZERS = PERTURBATION + GRADIENT + ("pgpe",)
+
+# The class behind each name (PGPE is EvoTorch's functional API: no class). Its constructor's keywords are the
+# settings a run accepts; dopamine2's defaults are the preset's (Dopamine.preset("dopamine2")).
+OPTIMIZER_CLASSES = {"wp": dopamine_fast.WeightPerturbation, "dopamine": dopamine_fast.Dopamine,
+                     "dopamine_fixed": dopamine_fast.Dopamine, "dopamine2": dopamine_fast.Dopamine2,
+                     "sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+# The setting each stepper applies itself, not a keyword of the optimizer's constructor.
+STEPPER_SETTING = {**dict.fromkeys(PERTURBATION, "spectral_radius"), **dict.fromkeys(GRADIENT, "clip")}
 
 DESCRIPTIONS = {
     "wp": "weight perturbation, fixed learning rate",
@@ -58,15 +66,6 @@ HPARAMS: Dict[str, Dict[str, dict]] = {
 }
 
 
-@dataclass
-class Stepper:
-    """``step(x, y)`` takes one optimizer step on a batch and returns the loss before it."""
-
-    step: Callable[[torch.Tensor, torch.Tensor], float]
-    evaluations_per_step: int  # loss evaluations one step costs (a forward+backward counts as one)
-    lr: Callable[[], float]
-
-
 def available_optimizers() -> list:
     """Optimizer names usable here: PGPE only when EvoTorch is installed."""
     return [n for n in OPTIMIZERS if n != "pgpe" or importlib.util.find_spec("evotorch") is not None]
@@ -87,21 +86,28 @@ def hparams_for(family: str, name: str, **overrides) -> dict:
     return hp
 
 
-def _perturbation_optimizer(name: str, params, hp: dict, seed: int):
-    cls_name = "WeightPerturbation" if name == "wp" else "Dopamine"
-    cls = getattr(dopamine_fast, cls_name, None)
-    if cls is None:
-        raise RuntimeError(f"dopamine_fast.{cls_name} is not available in this build")
-    kwargs = {k: v for k, v in hp.items() if k != "spectral_radius"}
-    if name == "dopamine2":
-        return cls.preset("dopamine2", params, seed=seed, **kwargs)
-    return cls(params, seed=seed, **kwargs)
+def make_optimizer(name: str, params, hp: dict, seed: int):
+    """The optimizer ``name`` over ``params`` with the settings ``hp`` (its constructor checks them)."""
+    cls = OPTIMIZER_CLASSES[name]
+    kwargs = {k: v for k, v in hp.items() if k != STEPPER_SETTING[name]}
+    return cls(params, seed=seed, **kwargs) if name in PERTURBATION else cls(params, **kwargs)
+
+
+def check_settings(name: str, hp: dict) -> int:
+    """Raise what building optimizer ``name`` with ``hp`` would raise (TypeError for an unknown keyword,
+    ValueError for a bad value); return the loss evaluations one step costs. No model or stepper is built: the
+    optimizer's own constructor checks the settings, over one placeholder parameter."""
+    check_optimizer(name)
+    if name == "pgpe":
+        return pgpe_popsize(hp) + 1
+    opt = make_optimizer(name, [torch.zeros(1, requires_grad=True)], hp, seed=0)
+    return getattr(opt, "evaluations_per_step", 1)  # back-propagation: one forward+backward
 
 
 def perturbation_setup(name: str, model: torch.nn.Module, hp: dict, seed: int):
     """The optimizer ``name`` over ``model`` (its recurrent matrix rescaled after every step when ``hp`` asks) and
     the ``Population`` that evaluates its 1 + K members in one batched pass; task losses are the MSE."""
-    opt = _perturbation_optimizer(name, model.parameters(), hp, seed)
+    opt = make_optimizer(name, model.parameters(), hp, seed)
     radius = hp.get("spectral_radius")
     recurrent = getattr(model, "recurrent_weight", None)
     if radius is not None and recurrent is not None:
@@ -121,10 +127,8 @@ def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
 
 
 def _gradient_stepper(name, model, task, hp) -> Stepper:
-    hp = dict(hp)
-    clip = hp.pop("clip", None)
-    cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
-    opt = cls(model.parameters(), **hp)
+    clip = hp.get("clip")
+    opt = make_optimizer(name, model.parameters(), hp, seed=0)
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
@@ -145,5 +149,4 @@ def build_stepper(name: str, model: torch.nn.Module, task, hp: dict, seed: int) 
         return _perturbation_stepper(name, model, task, hp, seed)
     if name in GRADIENT:
         return _gradient_stepper(name, model, task, hp)
-    from .pgpe import pgpe_stepper
     return pgpe_stepper(model, task, hp)

@@ -9,15 +9,21 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .optimizers import Stepper
+from .stepper import Stepper
+
+
+def pgpe_popsize(hp: dict) -> int:
+    """The samples per step that ``hp`` asks for, checked (a step costs this plus one evaluation)."""
+    popsize = int(hp.get("popsize", 8))
+    if popsize < 2 or popsize % 2:
+        raise ValueError(f"pgpe needs an even popsize >= 2 (samples come in +/- pairs), got {popsize}")
+    return popsize
 
 
 def pgpe_stepper(model: torch.nn.Module, task, hp: dict) -> Stepper:
     from evotorch.algorithms.functional import pgpe, pgpe_ask, pgpe_tell
 
-    popsize = int(hp.get("popsize", 8))
-    if popsize < 2 or popsize % 2:
-        raise ValueError(f"pgpe needs an even popsize >= 2 (samples come in +/- pairs), got {popsize}")
+    popsize = pgpe_popsize(hp)
     params = list(model.parameters())
     center_lr = float(hp.get("center_lr", 0.01))
     state = pgpe(center_init=parameters_to_vector(params).detach().clone(), center_learning_rate=center_lr,

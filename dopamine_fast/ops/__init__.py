@@ -3,8 +3,8 @@ below, which call them.
 
 Each op is described once, in ``specs.py``; ``library.py`` defines the public op from that spec, and its body asks
 ``dopamine_fast.backends`` for the implementation: the compiled kernels of ``dopamine_fast._C`` (namespace
-``dopamine_fast_C``, the same schemas, CPU and CUDA), the Triton kernels beside each reference, or the PyTorch
-reference, which every other backend is tested against.
+``dopamine_fast_C``, the same schemas, CPU and CUDA), the Triton kernels (``dopamine_fast.backends.triton``), or
+the PyTorch reference beside each spec, which every other backend is tested against.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import List, Optional
 
 import torch
 
-from ..plan import member_noise_ids, num_noise_ids
+from ..activations import ACTIVATIONS, NONLINEARITIES
+from ..plan import low_rank_numel, member_noise_ids, num_noise_ids
 from .library import call
-from .noise import check_counter_args, expand_noise, low_rank_numel, noise_bits_reference, noise_reference
+from .noise import check_counter_args, expand_noise, noise_bits_reference, noise_reference
 from .specs import SPECS, OpSpec
-from .validation import ACTIVATIONS, NONLINEARITIES, as_float, check_in_place
+from .validation import as_float, check_in_place
 
 
 def noise(seed: int, step: int, stream: int, first_id: int, num_ids: int, numel: int, device=None,

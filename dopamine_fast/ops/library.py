@@ -1,8 +1,10 @@
 """The public ops ``torch.ops.dopamine_fast.<name>``, defined from ``specs.SPECS``, and the eager fast path to them.
 
-Each public op has one body for every device (CompositeExplicitAutograd) that asks ``dopamine_fast.backends`` for
-the implementation (cached) and calls it; the fake kernel runs the op's checks, so ``torch.compile`` sees one
-opaque node whichever backend runs.
+Each public op has one body for every device (CompositeExplicitAutograd) that runs the op's checks
+(``validation.py``), asks ``dopamine_fast.backends`` for the implementation (cached) and calls it; the fake kernel
+runs the same checks, so ``torch.compile`` sees one opaque node whichever backend runs. The compiled ops
+``torch.ops.dopamine_fast_C.<op>`` behind the ``cpp`` and ``cuda`` backends check nothing themselves: called
+directly, bad arguments are undefined behaviour.
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ def call(name: str, *args):
 
 def _define(spec: OpSpec) -> None:
     _LIB.define(spec.name + spec.schema)
-    native = backends.register_op(spec)
+    backends.register_op(spec)
     name, check, device_index = spec.name, spec.check, spec.device_index
 
     def run(*args):
         impl = backends.dispatch(name, args[device_index].device)
-        if impl is not native:  # the compiled kernels run the same checks themselves (csrc/ops.cpp)
-            check(*args)
+        check(*args)  # the one argument check of every backend: the kernels assume checked arguments
         return impl(*args)
 
     _LIB.impl(name, run, "CompositeExplicitAutograd")

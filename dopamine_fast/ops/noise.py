@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from ..plan import low_rank_numel  # noqa: F401  (defined with the plan, which the Triton kernels may import)
+
 MASK32 = 0xFFFFFFFF
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -112,14 +114,6 @@ def noise_into_reference(out: torch.Tensor, seed: int, step: int, stream: int, f
 def noise_bits_into_reference(out: torch.Tensor, seed: int, step: int, stream: int, first_id: int) -> None:
     """The reference of the ``noise_bits_`` op: ``noise_bits_reference`` written into ``out`` [num_ids, numel]."""
     out.copy_(noise_bits_reference(seed, step, stream, first_id, out.shape[0], out.shape[1], device=out.device))
-
-
-def low_rank_numel(shape, rank: int) -> int:
-    """Number of normals the low-rank factors of a parameter of ``shape`` take (full rank: its numel)."""
-    if rank == 0 or len(shape) < 2:
-        return math.prod(shape)
-    out = shape[0]
-    return (out + math.prod(shape[1:])) * rank
 
 
 def expand_noise(v: torch.Tensor, shape, rank: int) -> torch.Tensor:

@@ -15,11 +15,22 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..backends import triton as triton_backend
 from . import validation
 from .noise import noise_bits_into_reference, noise_into_reference
 from .perturbed_linear import perturbed_linear_reference
 from .perturbed_rnn import perturbed_rnn_reference
 from .rpe_update import rpe_update_reference
+
+try:  # each op's Triton launcher; where Triton cannot be imported, the other backends serve
+    from ..backends.triton.noise import noise_ as noise_triton
+    from ..backends.triton.noise import noise_bits_ as noise_bits_triton
+    from ..backends.triton.perturbed_linear import perturbed_linear as perturbed_linear_triton
+    from ..backends.triton.perturbed_rnn import perturbed_rnn as perturbed_rnn_triton
+    from ..backends.triton.rpe_update import rpe_update_ as rpe_update_triton
+except ImportError as err:
+    triton_backend.import_failed(err)
+    noise_triton = noise_bits_triton = perturbed_linear_triton = perturbed_rnn_triton = rpe_update_triton = None
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,7 @@ class OpSpec:
     fake: Callable  # output metadata from the arguments, for torch.compile and meta tensors
     check: Callable  # raises ValueError naming the bad argument; called with the op's arguments
     device_arg: str  # the tensor argument whose device picks the backend
-    triton: Optional[str] = None  # module of dopamine_fast.ops defining the Triton launcher, named like the op
+    triton: Optional[Callable] = None  # the Triton launcher (dopamine_fast.backends.triton), None without one
 
     @functools.cached_property
     def device_index(self) -> int:
@@ -64,21 +75,21 @@ def _fake_perturbed_rnn(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, ste
 
 SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("noise_", "(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()",
-           noise_into_reference, _fake_mutating, validation.check_noise_args, "out", "noise_triton"),
+           noise_into_reference, _fake_mutating, validation.check_noise_args, "out", noise_triton),
     OpSpec("noise_bits_", "(Tensor(a!) out, int seed, int step, int stream, int first_id) -> ()",
-           noise_bits_into_reference, _fake_mutating, validation.check_noise_bits_args, "out", "noise_triton"),
+           noise_bits_into_reference, _fake_mutating, validation.check_noise_bits_args, "out", noise_bits_triton),
     OpSpec("perturbed_linear",
            "(Tensor x, Tensor weight, Tensor? bias, int seed, int step, int weight_stream, int bias_stream, "
            "float sigma, int num_members, int rank, bool baseline, bool antithetic, str activation) -> Tensor",
            perturbed_linear_reference, _fake_perturbed_linear, validation.check_perturbed_linear_args, "weight",
-           "perturbed_linear_triton"),
+           perturbed_linear_triton),
     OpSpec("perturbed_rnn",
            "(Tensor x, Tensor? h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, int seed, "
            "int step, int[] streams, float sigma, int num_members, int rank, bool baseline, bool antithetic, "
            "str nonlinearity, bool return_sequence) -> Tensor",
            perturbed_rnn_reference, _fake_perturbed_rnn, validation.check_perturbed_rnn_args, "weight_hh",
-           "perturbed_rnn_triton"),
+           perturbed_rnn_triton),
     OpSpec("rpe_update_",
            "(Tensor(a!) param, Tensor coeffs, int seed, int step, int stream, int rank, float alpha) -> ()",
-           rpe_update_reference, _fake_mutating, validation.check_rpe_update_args, "param", "rpe_update_triton"),
+           rpe_update_reference, _fake_mutating, validation.check_rpe_update_args, "param", rpe_update_triton),
 )}

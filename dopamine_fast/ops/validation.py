@@ -1,10 +1,9 @@
-"""Argument checks of the public ops: the one layer in front of the Python backends and the fake kernels. Each
-``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
+"""Argument checks of the public ops: the one validation layer, in front of every backend and the fake kernels.
+Each ``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
 
-The compiled backends (``cpp``, ``cuda``) run the same checks in C++ (``csrc/ops.cpp``), message for message, so
-the public op skips these for them; either way a bad call fails with a ``ValueError`` naming the argument before any
-kernel reads or writes memory. Only metadata is read (shapes, dtypes, devices, strides): no device
-synchronisation, cheap enough for every call.
+A bad call fails with a ``ValueError`` naming the argument before any kernel reads or writes memory. The kernels
+(C++, CUDA, Triton) assume checked arguments: ``torch.ops.dopamine_fast_C.<op>``, called directly, is unchecked.
+Only metadata is read (shapes, dtypes, devices, strides): no device synchronisation, cheap enough for every call.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..activations import ACTIVATIONS, NONLINEARITIES
 from .noise import MASK32 as MAX_WORD  # noise ids, streams and members are 32-bit counter words
 from .noise import MAX_NUMEL, check_counter_args, check_int
-
-ACTIVATIONS = ("none", "tanh", "relu", "sigmoid")
-NONLINEARITIES = ("tanh", "relu")
 
 
 def check_written(t: torch.Tensor, name: str) -> None:
@@ -34,7 +31,7 @@ def check_written(t: torch.Tensor, name: str) -> None:
     for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
         if stride <= spanned:
             raise ValueError(f"{name} has elements that share memory (an expand()-ed view?); clone() it before "
-                             f"writing into it")  # the message of csrc/ops.cpp, which checks only stride 0
+                             f"writing into it")
         spanned += (size - 1) * stride
 
 

@@ -136,15 +136,6 @@ def apply_noise_combination(plan: PerturbationPlan, params: Tuple[ParamNoise, ..
     _write(write_buffers)
 
 
-def member_perturbations(pn: ParamNoise, plan: PerturbationPlan, first_id: int, count: int) -> torch.Tensor:
-    """``eps`` of one parameter for noise ids ``first_id .. first_id+count-1``: [count, *param.shape]."""
-    p = pn.param
-    rank = pn.rank if p.dim() >= 2 else 0
-    v = ops.noise(plan.seed, plan.step, pn.stream, first_id, count, ops.low_rank_numel(p.shape, rank),
-                  device=p.device, dtype=p.dtype)
-    return ops.expand_noise(v, p.shape, rank)
-
-
 def is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
@@ -168,4 +159,4 @@ def mean_abs(delta: torch.Tensor) -> float:
 
 __all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination", "staged_updates",
            "check_update_finite", "NonFiniteUpdate",
-           "member_perturbations", "check_scalar_loss", "is_finite", "mean_abs"]
+           "check_scalar_loss", "is_finite", "mean_abs"]

@@ -12,8 +12,9 @@ from torch.optim import Optimizer
 from ..distributed.parallel import as_parallel
 from ..ops.noise import MAX_NUMEL, MAX_SEED, low_rank_numel
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
+from ..plan_noise import member_perturbations
 from . import divergence
-from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, member_perturbations, staged_updates
+from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, staged_updates
 from .interrupts import deferred_interrupts
 
 GLOBAL_STATE = "global"

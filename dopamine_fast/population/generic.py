@@ -16,8 +16,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..optim.functional import member_perturbations
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
+from ..plan_noise import member_perturbations
 from .losses import member_losses
 
 # Perturbed parameters one chunk may hold when the user sets no chunk size.

@@ -96,7 +96,8 @@ def element_normals(e, noise_id, step, stream, k0, k1):
 
 @triton.jit
 def member_noise(m, BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr):
-    """Noise id (uint32) and sign (float32, 0 for the unperturbed member) of member ``m`` (docs/noise.md)."""
+    """Noise id (uint32) and sign (float32, 0 for the unperturbed member) of member ``m``: the Triton copy of
+    ``dopamine_fast.plan.member_noise_ids`` (tests/test_member_numbering.py checks it)."""
     p = m - BASELINE
     if ANTITHETIC:
         noise_id = p // 2

@@ -1,7 +1,7 @@
 """Triton perturbed Elman RNN for K members (``perturbed_rnn_reference`` is the spec): one launch per time step.
 
 Each step is the perturbed linear layer with two terms, ``act(x_t (W_ih + s sigma E_ih)^T + h (W_hh + ...)^T +
-biases)``, built from the pieces of ``triton_common``: full rank regenerates both noise tiles in
+biases)``, built from the pieces of ``common``: full rank regenerates both noise tiles in
 registers; low rank generates the factors once for the sequence and adds their corrections to the two plain GEMMs
 of each step. ``h_{t-1}`` is read from the
 previous step's output (the sequence, or one of two ping-pong state buffers), so nothing is copied between steps.
@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox_triton import as_u32, counter_words
-from .triton_common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
+from .philox import as_u32, counter_words
+from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
                             low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 
 

@@ -1,9 +1,9 @@
-"""Pieces shared by the Triton kernels of the perturbed layers and the update (``*_triton.py``).
+"""Pieces shared by the Triton kernels of the perturbed layers and the update (one file per op).
 
 Host side: tile sizes, the compute dtype, member strides, the low-rank factors. Jit side: the perturbed matmul of
 one (row tile, output tile) with its noise regenerated in registers, the low-rank projections, and the epilogue
 every perturbed layer ends with (perturbed biases, activation, store). Philox and the member noise ids live in
-``philox_triton``.
+``philox``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..plan import num_noise_ids
-from .noise import low_rank_numel
-from .noise_triton import fill_noise
-from .philox_triton import as_u32, block_normals, element_normals, interleave4, member_noise
-from .validation import ACTIVATIONS
+from ...plan import num_noise_ids
+from ...plan import low_rank_numel
+from .noise import fill_noise
+from .philox import as_u32, block_normals, element_normals, interleave4, member_noise
+from ...activations import ACTIVATIONS
 
 # The kernels' activation codes, as the C++ Activation enum numbers them: 0 none, 1 tanh, 2 relu, 3 sigmoid.
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox_triton import as_u32, block_bits, box_muller, counter_words, interleave4
+from .philox import as_u32, block_bits, box_muller, counter_words, interleave4
 
 BLOCK = 1024  # elements per program: 256 Philox calls, each feeding four consecutive elements
 

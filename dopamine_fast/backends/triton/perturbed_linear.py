@@ -6,7 +6,7 @@ K perturbed weight matrices never exist in memory. Bias, bias noise and the acti
 Low rank: the unperturbed x W^T is one GEMM over all K*B rows (torch.matmul); the factors of every noise id are
 generated once into a small buffer, and a correction kernel per (member, row tile) adds s sigma (x B) A^T / sqrt(r),
 the bias noise and the activation.
-The jit helpers, shared with the perturbed RNN, are in ``triton_common``.
+The jit helpers, shared with the perturbed RNN, are in ``common``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox_triton import as_u32, counter_words
-from .triton_common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
+from .philox import as_u32, counter_words
+from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
                             low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 
 

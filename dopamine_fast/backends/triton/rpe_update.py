@@ -13,10 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import low_rank_numel
-from .noise_triton import fill_noise
-from .philox_triton import as_u32, block_normals, counter_words, interleave4
-from .triton_common import compute_dtype, compute_zeros
+from ...plan import low_rank_numel
+from .noise import fill_noise
+from .philox import as_u32, block_normals, counter_words, interleave4
+from .common import compute_dtype, compute_zeros
 
 BLOCK = 1024
 FACTOR_CHUNK_NORMALS = 1 << 24  # factors generated at once by the low-rank update (64 MiB in float32)
