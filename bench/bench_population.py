@@ -134,7 +134,7 @@ def run_large_k(args):
     model, batch, ks, full_rank_max_k, budget_mib = LARGE_K["quick" if args.quick else args.device.type]
     columns = ["model", "batch", "K", "members", "method", "rank", "path", "max_memory_mb"]
     rec = common.Recorder("population_large_k", args, columns, ["members_per_s", "rows_vs_floor", "peak_vs_budget"],
-                          slow_s=120.0)
+                          slow_s=600.0)
     w = make_workload(model, batch, args.device)
     xf, yf = floor_inputs(w, LARGE_K_FLOOR_MEMBERS)
     floor = rec.measure((model, "floor"), functools.partial(floor_loss, w, xf, yf), method="floor", rank="",
@@ -148,7 +148,8 @@ def run_large_k(args):
                 continue
             pop = df.Population(w.model, max_memory=budget_mib * 2**20)
             plan = dopamine(w, k, rank, SIGMA).plan()
-            row = rec.measure((model, "budget", rank), lambda pop=pop, plan=plan: pop(plan, w.x, w.y), repeats=3,
+            row = rec.measure((model, "budget", rank), lambda pop=pop, plan=plan: pop(plan, w.x, w.y),
+                              repeats=3 if k <= 4096 else 1,
                               work=(k + 1) * batch, method="population_budget", rank=rank, model=model, batch=batch,
                               K=k, members=k + 1, max_memory_mb=budget_mib, path=lambda pop=pop: pop.last_path)
             if row.get("status") == "ok":

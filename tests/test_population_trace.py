@@ -198,21 +198,28 @@ BUDGETED = [
 ]
 
 
+def within_budget(model, plan, x, y, fused, divisor):
+    """Losses without a budget and with ``max_memory`` = the largest tensor of that run / ``divisor``; the budget,
+    the largest tensors of both runs, and the paths they took."""
+    whole = df.Population(model, fused=fused)
+    with Largest() as unbounded:
+        expected = whole(plan, x, y)
+    budget = unbounded.bytes // divisor
+    chunked = df.Population(model, fused=fused, max_memory=budget)
+    with Largest() as bounded:
+        got = chunked(plan, x, y)
+    return expected, got, budget, unbounded.bytes, bounded.bytes, (whole.last_path, chunked.last_path)
+
+
 @pytest.mark.parametrize("build,x_shape,fused", BUDGETED)
 def test_memory_budget_keeps_the_losses_and_bounds_the_activations(build, x_shape, fused):
     model = double(build())
     x, y = data(x_shape, batch=40)
     plan = plan_of(model, rank=1, antithetic=True)
-    whole = df.Population(model, fused=fused)
-    with Largest() as unbounded:
-        expected = whole(plan, x, y)
-    budget = unbounded.bytes // 3
-    chunked = df.Population(model, fused=fused, max_memory=budget)
-    with Largest() as bounded:
-        got = chunked(plan, x, y)
+    expected, got, budget, unbounded, bounded, paths = within_budget(model, plan, x, y, fused, 3)
     torch.testing.assert_close(got, expected, **TIGHT)
-    assert chunked.last_path == whole.last_path == ("generic" if fused is False else "fused")
-    assert bounded.bytes <= budget < unbounded.bytes
+    assert paths == (("generic",) * 2 if fused is False else ("fused",) * 2)
+    assert bounded <= budget < unbounded
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -248,17 +255,10 @@ def test_member_chunks_give_the_unchunked_losses_bit_for_bit(build, x_shape, ran
     x, y = torch.randn(*x_shape, generator=g), torch.randn(7, 3 if build is float_mlp else 2, generator=g)
     opt = df.WeightPerturbation(model.parameters(), num_perturbations=1024, sigma=0.05, seed=5, rank=rank,
                                 antithetic=antithetic)
-    plan = opt.plan()
-    whole = df.Population(model, fused=True)
-    with Largest() as unbounded:
-        expected = whole(plan, x, y)
-    budget = unbounded.bytes // 20
-    chunked = df.Population(model, fused=True, max_memory=budget)
-    with Largest() as bounded:
-        got = chunked(plan, x, y)
-    assert chunked.last_path == "fused"
+    expected, got, budget, _, bounded, paths = within_budget(model, opt.plan(), x, y, True, 20)
+    assert paths == ("fused", "fused")
     assert torch.equal(got, expected)
-    assert bounded.bytes <= budget
+    assert bounded <= budget
 
 
 def test_rows_are_chunked_only_where_one_member_exceeds_the_budget():

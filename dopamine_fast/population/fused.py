@@ -34,7 +34,10 @@ MEMBER_ALIGN = 256
 
 def member_chunks(members: range, size: int) -> List[range]:
     """``members`` cut at member ids ``1 + j * size`` (j >= 1): chunks of ``size`` perturbed members, the first
-    chunk of an evaluation also holding the unperturbed member 0 (alone when ``size`` is 1)."""
+    chunk of an evaluation also holding the unperturbed member 0 (alone when ``size`` is 1). Members that fit in
+    one chunk stay one."""
+    if len(members) <= size:
+        return [members]
     chunks, m = [], members.start
     while m < members.stop:
         stop = min(members.stop, 1 + max(size > 1, (m - 1) // size + 1) * size)
