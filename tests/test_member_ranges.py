@@ -46,6 +46,21 @@ SPLITS = [[0, TOTAL], [0, 1, TOTAL], [0, 2, 5, 6, 17, TOTAL], [0, 3, 4, 22, TOTA
 MODES = [(True, True), (True, False), (False, True)]  # (baseline, antithetic)
 
 
+def assert_concatenates(parts, whole, backend, rank, context):
+    """Ranges side by side are the whole call: bit for bit, except Triton's low-rank paths, which leave the GEMM
+    with the shared weight over all members' rows to torch.matmul (its rounding may depend on the row count)."""
+    if backend == "triton" and rank:
+        torch.testing.assert_close(torch.cat(parts), whole, **TOLERANCES[torch.float32])
+    else:
+        assert torch.equal(torch.cat(parts), whole), context
+
+
+def rnn_cases(backend, cases):
+    """The interpreted Triton RNN launches a kernel per step and member tile: its first case only (the baseline
+    and antithetic pairs, one pair split by a range)."""
+    return cases[:1] if backend == "triton" else cases
+
+
 @pytest.mark.parametrize("rank", [0, 1, 3])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
@@ -56,7 +71,7 @@ def test_linear_ranges_concatenate_to_the_whole_call(backend, shared, rank):
             whole = linear(x, w, b, 0, TOTAL, rank, baseline, antithetic)
             for cuts in SPLITS:
                 parts = [linear(x, w, b, a, z - a, rank, baseline, antithetic) for a, z in zip(cuts, cuts[1:])]
-                assert torch.equal(torch.cat(parts), whole), (backend, baseline, antithetic, cuts)
+                assert_concatenates(parts, whole, backend, rank, (baseline, antithetic, cuts))
 
 
 @pytest.mark.parametrize("rank", [0, 2])
@@ -64,13 +79,13 @@ def test_linear_ranges_concatenate_to_the_whole_call(backend, shared, rank):
 @pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 def test_rnn_ranges_concatenate_to_the_whole_call(backend, shared, with_h0, rank):
     inputs = rnn_inputs(shared, with_h0)
-    for baseline, antithetic in MODES:
+    for baseline, antithetic in rnn_cases(backend, MODES):
         with use_backend(backend):
             whole = rnn(inputs, 0, TOTAL, rank, baseline, antithetic, return_sequence=True)
-            for cuts in SPLITS[1:4]:
+            for cuts in rnn_cases(backend, [SPLITS[2], SPLITS[1], SPLITS[3]]):
                 parts = [rnn(inputs, a, z - a, rank, baseline, antithetic, return_sequence=True)
                          for a, z in zip(cuts, cuts[1:])]
-                assert torch.equal(torch.cat(parts), whole), (backend, baseline, antithetic, cuts)
+                assert_concatenates(parts, whole, backend, rank, (baseline, antithetic, cuts))
 
 
 @pytest.mark.parametrize("rank", [0, 1])
@@ -104,8 +119,8 @@ def test_linear_range_matches_reference(backend, device, rank):
 def test_rnn_range_matches_reference(backend, device, rank):
     for shared, with_h0 in ((True, False), (False, True)):
         inputs = rnn_inputs(shared, with_h0)
-        for baseline, antithetic in MODES:
-            for first, count in ((0, 4), (2, 7), (20, 3)):
+        for baseline, antithetic in rnn_cases(backend, MODES):
+            for first, count in rnn_cases(backend, ((2, 7), (0, 4), (20, 3))):
                 with use_backend("reference"):
                     expected = rnn(inputs, first, count, rank, baseline, antithetic)
                 with use_backend(backend):

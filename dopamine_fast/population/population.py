@@ -51,8 +51,8 @@ class Population:
             (activations, kernel scratch, a chunk's perturbed parameters): both paths evaluate the members in
             chunks, the fused path also the batch in chunks of rows where one member's activations alone exceed
             the budget, sized from the layers' shapes (fused) or a one-member probe (generic), with the same
-            losses, bit for bit. At least one row of one member is evaluated at a time, so a budget below that is
-            exceeded. None: no budget.
+            losses (member chunks: bit for bit on the CPU, docs/noise.md). At least one row of one member is
+            evaluated at a time, so a budget below that is exceeded. None: no budget.
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec = "mse", *, fused: Optional[bool] = None,
