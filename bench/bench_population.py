@@ -8,7 +8,12 @@ rank 1, rank 4; the ``path`` column says whether it ran fused or generic), (a) a
 Open-ES step, (e) the floor: one forward of the unperturbed network on all rows, and JAX's jitted floor.
 Writes ``population.csv`` (times, peak memory, ratios to the floors, FLOP/s) and ``population.png``.
 
-    python bench/bench_population.py [--device cuda] [--out DIR] [--quick]
+``--cases large_k`` runs the large populations instead: K up to 65536 (rank 1, and full rank where a call stays
+short) within ``Population(max_memory=...)``, reporting members per second and the evaluated rows per second
+against the floor's (one forward on LARGE_K_FLOOR_MEMBERS members' rows), and the peak against the budget. Writes
+``population_large_k.csv``.
+
+    python bench/bench_population.py [--device cuda] [--out DIR] [--quick] [--cases large_k]
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ GRID = {
     "cuda": [("mlp1024", 32, [4096]), ("mlp256", 32, [1024, 16384]), ("mlp256", 1, [1024]),
              ("rnn512", 32, [64, 1024]), ("mlp1024", 256, [4096]), ("custom_mlp256", 32, [1024])],
 }
+# Large populations in a budget: (model, batch, K to run, full rank up to this K, max_memory in MiB).
+LARGE_K = {"quick": ("mlp32", 4, [64, 1024], 64, 1), "cpu": ("mlp256", 32, [1024, 4096, 16384, 65536], 4096, 256),
+           "cuda": ("mlp256", 32, [4096, 16384, 65536, 262144], 16384, 1024)}
+LARGE_K_FLOOR_MEMBERS = 1025
 COLUMNS = ["model", "batch", "K", "members", "method", "backend", "rank", "path", "params"]
 DERIVED = ["ratio_to_floor", "ratio_to_jax_floor", "speedup_vs_loop", "speedup_vs_vmap", "speedup_vs_evotorch",
            "matmul_gflops", "matmul_fraction", "normals"]
@@ -120,6 +129,36 @@ def run_case(rec, w, model, batch, k, backends, rates, matmul_rate, args):
         rec.measure(series, fn, work=flops, **fields)
 
 
+def run_large_k(args):
+    """K up to 65536 within a memory budget: members/s, rows/s against the floor's, peak against the budget."""
+    model, batch, ks, full_rank_max_k, budget_mib = LARGE_K["quick" if args.quick else args.device.type]
+    columns = ["model", "batch", "K", "members", "method", "rank", "path", "max_memory_mb"]
+    rec = common.Recorder("population_large_k", args, columns, ["members_per_s", "rows_vs_floor", "peak_vs_budget"],
+                          slow_s=600.0)
+    w = make_workload(model, batch, args.device)
+    xf, yf = floor_inputs(w, LARGE_K_FLOOR_MEMBERS)
+    floor = rec.measure((model, "floor"), functools.partial(floor_loss, w, xf, yf), method="floor", rank="",
+                        model=model, batch=batch, K=LARGE_K_FLOOR_MEMBERS - 1, members=LARGE_K_FLOOR_MEMBERS,
+                        max_memory_mb="")
+    del xf, yf
+    floor_rows_s = LARGE_K_FLOOR_MEMBERS * batch / floor["time_s"] if floor.get("status") == "ok" else None
+    for rank in (1, 0):
+        for k in ks:
+            if rank == 0 and k > full_rank_max_k:
+                continue
+            pop = df.Population(w.model, max_memory=budget_mib * 2**20)
+            plan = dopamine(w, k, rank, SIGMA).plan()
+            row = rec.measure((model, "budget", rank), lambda pop=pop, plan=plan: pop(plan, w.x, w.y),
+                              repeats=3 if k <= 4096 else 1,
+                              work=(k + 1) * batch, method="population_budget", rank=rank, model=model, batch=batch,
+                              K=k, members=k + 1, max_memory_mb=budget_mib, path=lambda pop=pop: pop.last_path)
+            if row.get("status") == "ok":
+                row["members_per_s"] = (k + 1) / row["time_s"]
+                row["rows_vs_floor"] = (k + 1) * batch / row["time_s"] / floor_rows_s if floor_rows_s else None
+                row["peak_vs_budget"] = row["peak_mb"] / budget_mib
+    rec.write(meta={"sigma": SIGMA, "floor_members": LARGE_K_FLOOR_MEMBERS, "max_memory_mb": budget_mib})
+
+
 def add_ratios(rows, matmul_rate, workloads):
     """Ratios between methods of the same (model, batch, K), and the FLOP/s of each evaluation."""
     by_case = {}
@@ -146,6 +185,9 @@ def add_ratios(rows, matmul_rate, workloads):
 
 def main():
     args = common.parse_args(__doc__.splitlines()[0], budget_s=290, cuda_budget_s=90)
+    if args.cases == "large_k":
+        run_large_k(args)
+        return
     grid = GRID["quick" if args.quick else args.device.type]
     if args.cases:
         grid = [(model, batch, ks) for (model, batch), ks in common.model_cases(args.cases).items()]

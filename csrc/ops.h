@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/string_view.h>
 
@@ -38,6 +39,20 @@ DF_HOST_DEVICE int64_t num_noise_ids(int64_t num_members, bool baseline, bool an
   return antithetic ? (perturbed + 1) / 2 : perturbed;
 }
 
+// The noise ids that members first_member .. first_member + num_members - 1 use: [first, first + count), count 0
+// when none of them is perturbed.
+struct NoiseIdRange {
+  int64_t first, count;
+};
+
+inline NoiseIdRange noise_id_range(int64_t first_member, int64_t num_members, bool baseline, bool antithetic) {
+  const int64_t m0 = first_member > (baseline ? 1 : 0) ? first_member : (baseline ? 1 : 0);
+  const int64_t end = first_member + num_members;
+  if (m0 >= end) return NoiseIdRange{0, 0};
+  const int64_t first = member_noise(m0, baseline, antithetic).id;
+  return NoiseIdRange{first, member_noise(end - 1, baseline, antithetic).id - first + 1};
+}
+
 enum class Activation : int { kNone = 0, kTanh = 1, kRelu = 2, kSigmoid = 3 };
 
 // Parses "none" / "tanh" / "relu" / "sigmoid"; `allowed_rnn` restricts to the RNN's "tanh" / "relu". Another name
@@ -53,14 +68,14 @@ using PerturbedLinearKernel = at::Tensor(const at::Tensor& x, const at::Tensor& 
                                          const std::optional<at::Tensor>& bias, int64_t seed, int64_t step,
                                          int64_t weight_stream, int64_t bias_stream, double sigma,
                                          int64_t num_members, int64_t rank, bool baseline, bool antithetic,
-                                         c10::string_view activation);
+                                         c10::string_view activation, int64_t first_member);
 using PerturbedRnnKernel = at::Tensor(const at::Tensor& x, const std::optional<at::Tensor>& h0,
                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                       const std::optional<at::Tensor>& bias_ih,
                                       const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
                                       c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank,
                                       bool baseline, bool antithetic, c10::string_view nonlinearity,
-                                      bool return_sequence);
+                                      bool return_sequence, int64_t first_member);
 using RpeUpdateKernel = void(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step,
                              int64_t stream, int64_t rank, double alpha);
 

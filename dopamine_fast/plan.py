@@ -77,15 +77,16 @@ def num_noise_ids(num_members: int, baseline: bool, antithetic: bool) -> int:
     return (perturbed + 1) // 2 if antithetic else perturbed
 
 
-def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=None):
-    """Noise id and sign of each member: ``(ids, signs)``, int64 and float32 tensors of length ``num_members``.
+def member_noise_ids(num_members: int, baseline: bool, antithetic: bool, device=None, first_member: int = 0):
+    """Noise id and sign of each member: ``(ids, signs)``, int64 and float32 tensors of length ``num_members``,
+    for members ``first_member .. first_member + num_members - 1``.
 
     Member 0 is the unperturbed model when ``baseline``. With ``p = m - 1`` (or ``p = m`` without a baseline),
     member ``m`` carries noise id ``j = p`` and sign ``+1``, or with antithetic pairs noise id ``j = p // 2`` and
     sign ``+1`` for even ``p``, ``-1`` for odd ``p``; its parameters are ``w + sign * sigma * eps_j``. The
     unperturbed member has id 0 and sign 0, so that is ``w`` for it whatever ``eps`` is.
     """
-    m = torch.arange(num_members, device=device)
+    m = torch.arange(first_member, first_member + num_members, device=device)
     p = m - (1 if baseline else 0)
     if antithetic:
         ids = torch.div(p, 2, rounding_mode="floor")

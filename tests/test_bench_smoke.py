@@ -55,3 +55,18 @@ def test_population_and_step_benches_time_the_public_api(tmp_path):
         assert rows, f"no {method} rows in {name}.csv"
         assert {r["path"] for r in rows} == {"fused"}
     assert not (ROOT / "bench" / "workloads.py").read_text().count("perturbed_linear(")  # no copy of the fused path
+
+
+def test_population_bench_large_k_runs_members_in_a_budget(tmp_path):
+    """``--cases large_k``: the budgeted rows run fused and carry members/s, the rate against the floor's and the
+    peak against the budget."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DOPAMINE_FAST_BACKEND", None)
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_population.py"), "--quick", "--cases", "large_k", "--device",
+           "cpu", "--out", str(tmp_path), "--budget-s", "60", "--threads", "1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(tmp_path / "population_large_k.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "population_budget" and r["status"] == "ok"]
+    assert rows and {r["path"] for r in rows} == {"fused"}
+    assert all(float(r["members_per_s"]) > 0 and float(r["rows_vs_floor"]) > 0 and r["peak_vs_budget"] for r in rows)

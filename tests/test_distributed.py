@@ -23,6 +23,8 @@ OPTIMIZERS = {"wp": df.WeightPerturbation, "dopamine": df.Dopamine}
 # (optimizer, evaluation path, mode, K, antithetic): odd member counts, so the member shares are uneven too.
 # Member shares on the closure path compute every loss exactly as one process does, so even float32 agrees bitwise.
 EXACT_CASE = ("dopamine", "closure", "members", 6, True)
+# Member shares on the population path run on the fused ops (a range of members each): bitwise too.
+FUSED_CASE = ("dopamine", "population", "members", 6, True)
 CASES = [(opt, path, mode, k, anti) for opt in OPTIMIZERS for path in ("closure", "population")
          for mode in ("members", "data") for k, anti in ((6, True), (5, False))]
 
@@ -36,8 +38,9 @@ def _problem(dtype=torch.float64):
     return model, x, y
 
 
-def _train(case, parallel=None, perturb_at=None, dtype=torch.float64):
-    """Final parameters after STEPS steps of ``case``, on this rank's members or batch shard."""
+def _train(case, parallel=None, perturb_at=None, dtype=torch.float64, paths=None):
+    """Final parameters after STEPS steps of ``case``, on this rank's members or batch shard (``paths`` collects
+    the population's path of each step)."""
     name, path, mode, k, antithetic = case
     model, x, y = _problem(dtype)
     if parallel is not None and mode == "data":
@@ -53,6 +56,8 @@ def _train(case, parallel=None, perturb_at=None, dtype=torch.float64):
                 model[0].bias[0] += 1e-6
         if path == "population":
             opt.step(population=pop, inputs=x, targets=y)
+            if paths is not None:
+                paths.append(pop.last_path)
         else:
             opt.step(lambda: F.mse_loss(model(x), y))
     return [p.detach().clone() for p in model.parameters()]
@@ -72,6 +77,8 @@ def _worker(rank, init_file, out_dir):
     try:
         results = {case: _train(case, Parallel(mode=case[2])) for case in CASES}
         float32 = _train(EXACT_CASE, Parallel(), dtype=torch.float32)
+        fused_paths = []
+        fused32 = _train(FUSED_CASE, Parallel(), dtype=torch.float32, paths=fused_paths)
         drift = {}
         for label, perturb_at in (("perturbed at step 3", 3), ("different start", 0)):
             try:
@@ -80,7 +87,8 @@ def _worker(rank, init_file, out_dir):
                 drift[label] = None
             except DriftError as err:
                 drift[label] = str(err)
-        torch.save({"results": results, "float32": float32, "drift": drift}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save({"results": results, "float32": float32, "fused32": fused32, "fused_paths": fused_paths,
+                    "drift": drift}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -112,6 +120,16 @@ def test_member_shares_on_the_closure_path_are_bit_exact_in_float32(ranks):
     single = _train(EXACT_CASE, dtype=torch.float32)
     for r in ranks:
         for a, s in zip(r["float32"], single):
+            assert a.dtype == torch.float32 and torch.equal(a, s)
+
+
+def test_member_shares_on_the_fused_path_are_bit_exact_in_float32(ranks):
+    paths = []
+    single = _train(FUSED_CASE, dtype=torch.float32, paths=paths)
+    assert set(paths) == {"fused"}
+    for r in ranks:
+        assert set(r["fused_paths"]) == {"fused"}, "each rank's share of the members runs on the fused ops"
+        for a, s in zip(r["fused32"], single):
             assert a.dtype == torch.float32 and torch.equal(a, s)
 
 

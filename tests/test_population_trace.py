@@ -198,21 +198,28 @@ BUDGETED = [
 ]
 
 
+def within_budget(model, plan, x, y, fused, divisor):
+    """Losses without a budget and with ``max_memory`` = the largest tensor of that run / ``divisor``; the budget,
+    the largest tensors of both runs, and the paths they took."""
+    whole = df.Population(model, fused=fused)
+    with Largest() as unbounded:
+        expected = whole(plan, x, y)
+    budget = unbounded.bytes // divisor
+    chunked = df.Population(model, fused=fused, max_memory=budget)
+    with Largest() as bounded:
+        got = chunked(plan, x, y)
+    return expected, got, budget, unbounded.bytes, bounded.bytes, (whole.last_path, chunked.last_path)
+
+
 @pytest.mark.parametrize("build,x_shape,fused", BUDGETED)
 def test_memory_budget_keeps_the_losses_and_bounds_the_activations(build, x_shape, fused):
     model = double(build())
     x, y = data(x_shape, batch=40)
     plan = plan_of(model, rank=1, antithetic=True)
-    whole = df.Population(model, fused=fused)
-    with Largest() as unbounded:
-        expected = whole(plan, x, y)
-    budget = unbounded.bytes // 3
-    chunked = df.Population(model, fused=fused, max_memory=budget)
-    with Largest() as bounded:
-        got = chunked(plan, x, y)
+    expected, got, budget, unbounded, bounded, paths = within_budget(model, plan, x, y, fused, 3)
     torch.testing.assert_close(got, expected, **TIGHT)
-    assert chunked.last_path == whole.last_path == ("generic" if fused is False else "fused")
-    assert bounded.bytes <= budget < unbounded.bytes
+    assert paths == (("generic",) * 2 if fused is False else ("fused",) * 2)
+    assert bounded <= budget < unbounded
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -223,3 +230,55 @@ def test_memory_budget_keeps_the_losses_and_bounds_the_activations(build, x_shap
 def test_bad_memory_budget(kwargs, match):
     with pytest.raises(ValueError, match=match):
         df.Population(MLP(), **kwargs)
+
+
+# -- member chunks: any K in a bounded memory -----------------------------------------------------------------
+
+
+def float_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def float_rnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.RNN(3, 16, batch_first=True), df.LastHidden(), nn.Linear(16, 2))
+
+
+@pytest.mark.parametrize("rank,antithetic", [(1, True), (0, False), (2, True)])
+@pytest.mark.parametrize("build,x_shape", [(float_mlp, (7, 6)), (float_rnn, (7, 5, 3))])
+def test_member_chunks_give_the_unchunked_losses_bit_for_bit(build, x_shape, rank, antithetic):
+    """float32, K = 1024: a budget far below the activations of all members cuts them into chunks (and splits
+    antithetic pairs where a chunk ends); the losses are the same bits."""
+    model = build()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(*x_shape, generator=g), torch.randn(7, 3 if build is float_mlp else 2, generator=g)
+    opt = df.WeightPerturbation(model.parameters(), num_perturbations=1024, sigma=0.05, seed=5, rank=rank,
+                                antithetic=antithetic)
+    expected, got, budget, _, bounded, paths = within_budget(model, opt.plan(), x, y, True, 20)
+    assert paths == ("fused", "fused")
+    assert torch.equal(got, expected)
+    assert bounded <= budget
+
+
+def test_rows_are_chunked_only_where_one_member_exceeds_the_budget():
+    model = double(wide_mlp())
+    x, y = data((400, 6), batch=400)
+    plan = plan_of(model, rank=1, antithetic=True)
+    expected = df.Population(model)(plan, x, y)
+    per_member = 400 * 64 * 8  # one member's widest activation, float64 (above the weights' 32 KiB)
+    chunked = df.Population(model, max_memory=per_member // 2)
+    with Largest() as bounded:
+        got = chunked(plan, x, y)
+    torch.testing.assert_close(got, expected, **TIGHT)
+    assert bounded.bytes <= per_member // 2
+
+
+@pytest.mark.parametrize("members,size", [(range(0, 1025), 256), (range(0, 1025), 5), (range(3, 700), 64),
+                                          (range(0, 1), 8), (range(513, 514), 1), (range(0, 9), 1)])
+def test_member_chunks_cover_the_members_on_the_grid(members, size):
+    from dopamine_fast.population.fused import member_chunks
+    chunks = member_chunks(members, size)
+    assert [m for c in chunks for m in c] == list(members)
+    assert all(len(c) <= size + (c.start == 0 and size > 1) for c in chunks)
+    assert all(c.start == members.start or c.start == 0 or (c.start - 1) % size == 0 for c in chunks)

@@ -21,7 +21,7 @@ at::Tensor member_vectors(const at::Tensor& b, const NoiseKey& key, const Member
     parallel_for(0, members.count, 16, [&](int64_t m0, int64_t m1) {
       std::vector<float> e(n);
       for (int64_t m = m0; m < m1; ++m) {
-        const MemberNoise mn = member_noise(m, members.baseline, members.antithetic);
+        const MemberNoise mn = member_noise(members.first + m, members.baseline, members.antithetic);
         scalar_t* row = dst + m * n;
         if (mn.sign == 0.0f) {
           std::copy(src, src + n, row);
@@ -47,7 +47,7 @@ std::pair<at::Tensor, at::Tensor> member_factors(int64_t out, int64_t in, int64_
     parallel_for(0, members.count, 4, [&](int64_t m0, int64_t m1) {
       std::vector<float> v((out + in) * rank);
       for (int64_t m = m0; m < m1; ++m) {
-        const MemberNoise mn = member_noise(m, members.baseline, members.antithetic);
+        const MemberNoise mn = member_noise(members.first + m, members.baseline, members.antithetic);
         scalar_t* a = pa + m * out * rank;
         scalar_t* b = pb + m * in * rank;
         if (mn.sign == 0.0f) {

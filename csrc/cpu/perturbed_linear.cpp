@@ -1,9 +1,11 @@
-// CPU kernel of perturbed_linear: y_k = act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k) for K members.
+// CPU kernel of perturbed_linear: y_k = act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k) for the members
+// k = first_member .. first_member + K - 1; each member's outputs are the same bits in any range that holds it.
 //
 // Full rank: each noise id's E is generated once into a per-thread buffer, W + s sigma E is formed there and one
 // GEMM serves all B rows of the member (both members of an antithetic pair reuse the draw). Memory is one
 // weight per thread, never K x P. Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r)
-// from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T.
+// from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T (blocks on the
+// member grid of member_blocks.h).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -15,6 +17,7 @@
 #include "../ops.h"
 #include "activation.h"
 #include "low_rank_rows.h"
+#include "member_blocks.h"
 #include "member_groups.h"
 #include "member_noise.h"
 #include "normals.h"
@@ -31,7 +34,7 @@ struct LinearArgs {
   std::optional<at::Tensor> bias;  // [out], contiguous
   NoiseKey weight_key, bias_key;
   double sigma;
-  int64_t num_members, rank;
+  int64_t first_member, num_members, rank;
   bool baseline, antithetic;
   Activation act;
 };
@@ -41,7 +44,7 @@ void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& bias
   const int64_t out = a.weight.size(0), in = a.weight.size(1), numel = out * in;
   const bool shared = a.x.dim() == 2;
   const T* w = a.weight.data_ptr<T>();
-  const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
+  const auto groups = cpu::member_groups(a.first_member, a.num_members, a.baseline, a.antithetic);
   cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> e(numel);
     at::Tensor wm = at::empty({out, in}, a.weight.options());
@@ -51,7 +54,8 @@ void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& bias
       if (grp.perturbed) cpu::noise_normals(a.weight_key, grp.id, 0, numel, e.data());
       for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
         if (grp.perturbed) {
-          const T s = static_cast<T>(a.sigma) * static_cast<T>(member_noise(m, a.baseline, a.antithetic).sign);
+          const T s = static_cast<T>(a.sigma) *
+                      static_cast<T>(member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
           for (int64_t i = 0; i < numel; ++i) wmp[i] = w[i] + s * static_cast<T>(e[i]);
         }
         const at::Tensor& wk = grp.perturbed ? wm : a.weight;
@@ -68,21 +72,38 @@ void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& bias
   });
 }
 
+// y_block += x_block W^T over a block's rows, through zero-padded copies when the call holds part of the block,
+// so the GEMM has the block's full row count (member_blocks.h).
+void add_block_gemm(at::Tensor y, const at::Tensor& x, const at::Tensor& weight, const cpu::MemberBlock& blk) {
+  const int64_t rows = y.size(1), out = y.size(2), in = x.size(2);
+  if (blk.size == blk.count) {
+    y.view({-1, out}).addmm_(x.reshape({-1, in}), weight.t());
+    return;
+  }
+  at::Tensor xp = at::zeros({blk.size, rows, in}, x.options());
+  at::Tensor yp = at::zeros({blk.size, rows, out}, y.options());
+  xp.narrow(0, blk.pad, blk.count).copy_(x);
+  yp.narrow(0, blk.pad, blk.count).copy_(y);
+  yp.view({-1, out}).addmm_(xp.view({-1, in}), weight.t());
+  y.copy_(yp.narrow(0, blk.pad, blk.count));
+}
+
 template <typename T>
 at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases) {
   const int64_t out = a.weight.size(0), in = a.weight.size(1), k = a.num_members, rows = a.x.size(-2);
   const bool shared = a.x.dim() == 2;
-  const auto factors = cpu::member_factors(out, in, a.rank, a.weight_key,
-                                           cpu::Members{k, a.baseline, a.antithetic, a.sigma}, a.weight.options());
+  const auto factors =
+      cpu::member_factors(out, in, a.rank, a.weight_key,
+                          cpu::Members{a.first_member, k, a.baseline, a.antithetic, a.sigma}, a.weight.options());
   at::Tensor y = at::empty({k, rows, out}, a.weight.options());
   // A shared x needs x W^T once, added row by row; otherwise each block's GEMM adds it while the block's
   // rows are still in cache.
   const at::Tensor base = shared ? at::mm(a.x, a.weight.t()) : at::Tensor();
   const int64_t r = a.rank, x_member = shared ? 0 : rows * in;
-  const int64_t per_block = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, rows));
-  cpu::parallel_for(0, (k + per_block - 1) / per_block, 1, [&](int64_t blk0, int64_t blk1) {
+  const auto blocks = cpu::member_blocks(a.first_member, k, cpu::members_per_block(rows, kBlockRows), a.baseline);
+  cpu::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t blk0, int64_t blk1) {
     for (int64_t blk = blk0; blk < blk1; ++blk) {
-      const int64_t k0 = blk * per_block, nk = std::min(per_block, k - k0);
+      const int64_t k0 = blocks[blk].first, nk = blocks[blk].count;
       cpu::low_rank_rows<T>(y.data_ptr<T>() + k0 * rows * out, nk, rows, out, r,
                             shared ? base.data_ptr<T>() : nullptr,
                             biases ? biases->data_ptr<T>() + k0 * out : nullptr,
@@ -90,7 +111,7 @@ at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>&
                                                  factors.first.data_ptr<T>() + k0 * r * out,
                                                  factors.second.data_ptr<T>() + k0 * r * in}});
       at::Tensor yb = y.narrow(0, k0, nk);
-      if (!shared) yb.view({-1, out}).addmm_(a.x.narrow(0, k0, nk).view({-1, in}), a.weight.t());
+      if (!shared) add_block_gemm(yb, a.x.narrow(0, k0, nk), a.weight, blocks[blk]);
       cpu::apply_activation_(yb, a.act);
     }
   });
@@ -100,7 +121,7 @@ at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>&
 at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 int64_t seed, int64_t step, int64_t weight_stream, int64_t bias_stream, double sigma,
                                 int64_t num_members, int64_t rank, bool baseline, bool antithetic,
-                                c10::string_view activation) {
+                                c10::string_view activation, int64_t first_member) {
   const Activation act = parse_activation(std::string(activation), /*allowed_rnn=*/false);
   // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
   // not differentiable, so nothing in it may carry autograd history (parallel.h).
@@ -112,14 +133,15 @@ at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c
                make_noise_key(seed, step, weight_stream),
                make_noise_key(seed, step, bias_stream),
                sigma,
+               first_member,
                num_members,
                rank,
                baseline,
                antithetic,
                act};
   const std::optional<at::Tensor> biases =
-      a.bias ? std::optional<at::Tensor>(cpu::member_vectors(*a.bias, a.bias_key,
-                                                             cpu::Members{num_members, baseline, antithetic, sigma}))
+      a.bias ? std::optional<at::Tensor>(cpu::member_vectors(
+                   *a.bias, a.bias_key, cpu::Members{first_member, num_members, baseline, antithetic, sigma}))
              : std::nullopt;
   at::Tensor y;
   AT_DISPATCH_FLOATING_TYPES(compute, "perturbed_linear", [&] {

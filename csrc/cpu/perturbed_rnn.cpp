@@ -1,11 +1,14 @@
-// CPU kernel of perturbed_rnn: K perturbed Elman RNNs, h_t = act(x_t W_ih,k^T + b_ih,k + h_{t-1} W_hh,k^T + b_hh,k).
+// CPU kernel of perturbed_rnn: K perturbed Elman RNNs, h_t = act(x_t W_ih,k^T + b_ih,k + h_{t-1} W_hh,k^T + b_hh,k),
+// for the members k = first_member .. first_member + K - 1 (each member's outputs the same bits in any range).
 //
 // Members are independent, so full rank runs each member's whole sequence at once: its noise is generated once
 // per call (not per step) into per-thread weights, the input projection of all T steps is one GEMM and each step
-// one [B, H] x [H, H] GEMM. Low rank splits the members into balanced blocks that each run the whole sequence:
+// one [B, H] x [H, H] GEMM. Low rank splits the members into blocks (the grid of member_blocks.h) that each run the
+// whole sequence:
 // per step h W_hh^T (and x_t W_ih^T for per-member x) is one GEMM over the block's rows, and each row adds its
 // member's low-rank corrections and bias (low_rank_rows.h) from factors generated once per call (they are
-// small); a shared x is projected once for all members and steps.
+// small); a shared x is projected once for all members and steps. Without h0 the initial state is zero: only
+// one block's (or one member's) state exists at a time, never every member's.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -17,6 +20,7 @@
 #include "../ops.h"
 #include "activation.h"
 #include "low_rank_rows.h"
+#include "member_blocks.h"
 #include "member_groups.h"
 #include "member_noise.h"
 #include "normals.h"
@@ -29,19 +33,19 @@ constexpr int64_t kBlockRows = 256;  // most rows (members x batch) one low-rank
 
 struct RnnArgs {
   at::Tensor x;    // [B, T, in] (shared) or [K, B, T, in], contiguous, compute dtype
-  at::Tensor h0;   // [K, B, H] contiguous, compute dtype
+  std::optional<at::Tensor> h0;  // [B, H] (shared) or [K, B, H], contiguous, compute dtype; none: zeros
   at::Tensor w_ih, w_hh;  // contiguous
   std::optional<at::Tensor> b_ih, b_hh;
   NoiseKey keys[4];  // weight_ih, weight_hh, bias_ih, bias_hh
   double sigma;
-  int64_t num_members, rank;
+  int64_t first_member, num_members, rank;
   bool baseline, antithetic, return_sequence;
   Activation act;
 };
 
 // Each member's combined bias (b_ih + s e_ih) + (b_hh + s e_hh): [K, H], small, so made for all members at once.
 at::Tensor member_biases(const RnnArgs& a) {
-  const cpu::Members members{a.num_members, a.baseline, a.antithetic, a.sigma};
+  const cpu::Members members{a.first_member, a.num_members, a.baseline, a.antithetic, a.sigma};
   at::Tensor bias = at::zeros({a.num_members, a.w_hh.size(0)}, a.w_hh.options());
   if (a.b_ih) bias.add_(cpu::member_vectors(*a.b_ih, a.keys[2], members));
   if (a.b_hh) bias.add_(cpu::member_vectors(*a.b_hh, a.keys[3], members));
@@ -53,7 +57,7 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const int64_t hidden = a.w_hh.size(0), in = a.w_ih.size(1);
   const int64_t batch = a.x.size(-3), steps = a.x.size(-2);
   const bool shared = a.x.dim() == 3;
-  const auto groups = cpu::member_groups(a.num_members, a.baseline, a.antithetic);
+  const auto groups = cpu::member_groups(a.first_member, a.num_members, a.baseline, a.antithetic);
   cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
     std::vector<float> e_ih(hidden * in), e_hh(hidden * hidden);
     at::Tensor w_ih = at::empty({hidden, in}, a.w_hh.options());
@@ -68,7 +72,8 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
         cpu::noise_normals(a.keys[1], grp.id, 0, hidden * hidden, e_hh.data());
       }
       for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
-        const T s = static_cast<T>(a.sigma) * static_cast<T>(member_noise(m, a.baseline, a.antithetic).sign);
+        const T s = static_cast<T>(a.sigma) *
+                    static_cast<T>(member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
         if (grp.perturbed) {
           const T* wi = a.w_ih.data_ptr<T>();
           const T* wh = a.w_hh.data_ptr<T>();
@@ -83,7 +88,11 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
         const at::Tensor xm = (shared ? a.x : a.x[m]).view({batch * steps, in});
         at::addmm_out(u, bias[m], xm, wik.t());
         const at::Tensor u3 = u.view({batch, steps, hidden});
-        h_prev.copy_(a.h0[m]);
+        if (a.h0) {
+          h_prev.copy_(a.h0->dim() == 2 ? *a.h0 : (*a.h0)[m]);
+        } else {
+          h_prev.zero_();
+        }
         for (int64_t t = 0; t < steps; ++t) {
           at::addmm_out(h_next, u3.select(1, t), h_prev, whk.t());
           cpu::apply_activation_(h_next, a.act);
@@ -96,41 +105,34 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   });
 }
 
-// Splits the members into blocks of at most about kBlockRows rows, their count a multiple of the thread count and
-// their sizes within one member of each other, so no thread is left with a short last block.
-std::vector<int64_t> member_blocks(int64_t members, int64_t batch) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t most = std::max<int64_t>(1, kBlockRows / std::max<int64_t>(1, batch));
-  int64_t count = (members + most - 1) / most;
-  count = std::min(members, (count + threads - 1) / threads * threads);
-  std::vector<int64_t> starts(count + 1);
-  for (int64_t i = 0; i <= count; ++i) starts[i] = i * members / count;
-  return starts;
-}
-
 template <typename T>
 void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const int64_t hidden = a.w_hh.size(0), in = a.w_ih.size(1), members = a.num_members;
   const int64_t batch = a.x.size(-3), steps = a.x.size(-2), r = a.rank;
   const bool shared = a.x.dim() == 3;
-  const cpu::Members mem{members, a.baseline, a.antithetic, a.sigma};
+  const cpu::Members mem{a.first_member, members, a.baseline, a.antithetic, a.sigma};
   const auto f_ih = cpu::member_factors(hidden, in, r, a.keys[0], mem, a.w_hh.options());
   const auto f_hh = cpu::member_factors(hidden, hidden, r, a.keys[1], mem, a.w_hh.options());
   // A shared x needs its input projection once for all members and steps: [T, B, H], each step contiguous.
   const at::Tensor xw = shared ? at::matmul(a.x.transpose(0, 1), a.w_ih.t()).contiguous() : at::Tensor();
   const int64_t x_member = shared ? 0 : batch * steps * in;
-  const std::vector<int64_t> starts = member_blocks(members, batch);
+  const auto blocks = cpu::member_blocks(a.first_member, members, cpu::members_per_block(batch, kBlockRows),
+                                         a.baseline);
   // Each block runs its whole sequence alone: no synchronisation per step, its state stays in cache, and its
   // GEMMs with the shared weights cover all of its rows. Threads take blocks as they finish, so a thread slowed
   // by another process on its core does not hold the others back.
   std::atomic<int64_t> next{0};
-  const int64_t num_blocks = static_cast<int64_t>(starts.size()) - 1;
+  const int64_t num_blocks = static_cast<int64_t>(blocks.size());
   cpu::parallel_for(0, std::min<int64_t>(num_blocks, at::get_num_threads()), 1, [&](int64_t, int64_t) {
     for (int64_t blk = next++; blk < num_blocks; blk = next++) {
-      const int64_t k0 = starts[blk], nk = starts[blk + 1] - k0;
-      at::Tensor h = a.h0.narrow(0, k0, nk).clone();
-      at::Tensor pre = at::empty_like(h);
-      at::Tensor x_t = shared ? at::Tensor() : at::empty({nk * batch, in}, a.x.options());
+      // The block's state holds all of its members, those of the call at [pad, pad + nk) (member_blocks.h): the
+      // GEMMs see the block's full row count in every call. The rest stay zero and are never read out.
+      const int64_t k0 = blocks[blk].first, nk = blocks[blk].count, pad = blocks[blk].pad;
+      at::Tensor h_all = at::zeros({blocks[blk].size, batch, hidden}, a.w_hh.options());
+      at::Tensor pre_all = at::zeros_like(h_all);
+      at::Tensor h = h_all.narrow(0, pad, nk), pre = pre_all.narrow(0, pad, nk);
+      if (a.h0) h.copy_(a.h0->dim() == 2 ? a.h0->expand({nk, batch, hidden}) : a.h0->narrow(0, k0, nk));
+      at::Tensor x_t = shared ? at::Tensor() : at::zeros({blocks[blk].size * batch, in}, a.x.options());
       for (int64_t t = 0; t < steps; ++t) {
         // Each row's base, bias and both low-rank corrections in one pass (the factors are small).
         const std::vector<cpu::LowRankTerm<T>> terms{
@@ -141,15 +143,16 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
         cpu::low_rank_rows<T>(pre.data_ptr<T>(), nk, batch, hidden, r,
                               shared ? xw.data_ptr<T>() + t * batch * hidden : nullptr,
                               bias.data_ptr<T>() + k0 * hidden, terms);
-        at::Tensor pre2d = pre.view({-1, hidden});
-        pre2d.addmm_(h.view({-1, hidden}), a.w_hh.t());
+        at::Tensor pre2d = pre_all.view({-1, hidden});
+        pre2d.addmm_(h_all.view({-1, hidden}), a.w_hh.t());
         if (!shared) {
-          x_t.view({nk, batch, in}).copy_(a.x.narrow(0, k0, nk).select(2, t));
+          x_t.view({-1, batch, in}).narrow(0, pad, nk).copy_(a.x.narrow(0, k0, nk).select(2, t));
           pre2d.addmm_(x_t, a.w_ih.t());
         }
         cpu::apply_activation_(pre, a.act);
         if (a.return_sequence) out.narrow(0, k0, nk).select(2, t).copy_(pre);
         std::swap(h, pre);
+        std::swap(h_all, pre_all);
       }
       if (!a.return_sequence) out.narrow(0, k0, nk).copy_(h);
     }
@@ -160,7 +163,8 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
                              const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
                              const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
                              c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank,
-                             bool baseline, bool antithetic, c10::string_view nonlinearity, bool return_sequence) {
+                             bool baseline, bool antithetic, c10::string_view nonlinearity, bool return_sequence,
+                             int64_t first_member) {
   const Activation act = parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true);
   // Half and bfloat16 layers are computed in float32 and rounded once at the end. Inputs are detached: the op is
   // not differentiable, so nothing in it may carry autograd history (parallel.h).
@@ -168,8 +172,8 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
   const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const auto opts = weight_hh.options().dtype(compute);
   const int64_t hidden = weight_hh.size(0), batch = x.size(-3), steps = x.size(-2);
-  at::Tensor h_init = h0 ? h0->detach().to(compute).expand({num_members, batch, hidden}).contiguous()
-                         : at::zeros({num_members, batch, hidden}, opts);
+  const std::optional<at::Tensor> h_init =
+      h0 ? std::optional<at::Tensor>(h0->detach().to(compute).contiguous()) : std::nullopt;
   auto vec = [&](const std::optional<at::Tensor>& b) {
     return b ? std::optional<at::Tensor>(b->detach().to(compute).contiguous()) : std::nullopt;
   };
@@ -182,6 +186,7 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
             {make_noise_key(seed, step, streams[0]), make_noise_key(seed, step, streams[1]),
              make_noise_key(seed, step, streams[2]), make_noise_key(seed, step, streams[3])},
             sigma,
+            first_member,
             num_members,
             rank,
             baseline,
@@ -191,7 +196,13 @@ at::Tensor perturbed_rnn_cpu(const at::Tensor& x, const std::optional<at::Tensor
   at::Tensor out = return_sequence ? at::empty({num_members, batch, steps, hidden}, opts)
                                    : at::empty({num_members, batch, hidden}, opts);
   if (steps == 0) {
-    if (!return_sequence) out.copy_(h_init);
+    if (!return_sequence) {
+      if (h_init) {
+        out.copy_(h_init->dim() == 2 ? h_init->expand({num_members, batch, hidden}) : *h_init);
+      } else {
+        out.zero_();
+      }
+    }
     return out.to(dtype);
   }
   if (out.numel() == 0) return out.to(dtype);

@@ -14,11 +14,12 @@ namespace cuda {
 namespace {
 
 template <typename T>
-__global__ void member_table_kernel(int64_t* ids, T* signs, int64_t members, bool baseline, bool antithetic) {
+__global__ void member_table_kernel(int64_t* ids, T* signs, int64_t first_member, int64_t members, int64_t first_id,
+                                    bool baseline, bool antithetic) {
   const int64_t m = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (m >= members) return;
-  const MemberNoise mn = member_noise(m, baseline, antithetic);
-  ids[m] = mn.id;
+  const MemberNoise mn = member_noise(first_member + m, baseline, antithetic);
+  ids[m] = mn.sign == 0.0f ? 0 : static_cast<int64_t>(mn.id) - first_id;  // the baseline reads any row, times 0
   signs[m] = static_cast<T>(mn.sign);
 }
 
@@ -38,12 +39,15 @@ __global__ void epilogue_kernel(const EpilogueArgs<T> a) {
 
 }  // namespace
 
-MemberTable member_table(int64_t members, bool baseline, bool antithetic, const at::TensorOptions& opts) {
-  MemberTable t{at::empty({members}, opts.dtype(at::kLong)), at::empty({members}, opts)};
+MemberTable member_table(int64_t first_member, int64_t members, bool baseline, bool antithetic,
+                         const at::TensorOptions& opts) {
+  MemberTable t{at::empty({members}, opts.dtype(at::kLong)), at::empty({members}, opts),
+                noise_id_range(first_member, members, baseline, antithetic)};
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "member_table", [&] {
     const auto blocks = static_cast<unsigned int>(ceil_div(members, kThreads));
     member_table_kernel<scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        t.ids.data_ptr<int64_t>(), t.signs.data_ptr<scalar_t>(), members, baseline, antithetic);
+        t.ids.data_ptr<int64_t>(), t.signs.data_ptr<scalar_t>(), first_member, members, t.id_range.first, baseline,
+        antithetic);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return t;
@@ -61,15 +65,15 @@ template void launch_epilogue<float>(const EpilogueArgs<float>& a);
 template void launch_epilogue<double>(const EpilogueArgs<double>& a);
 
 at::Tensor member_biases(const std::optional<at::Tensor>& b0, int64_t s0, const std::optional<at::Tensor>& b1,
-                         int64_t s1, const NoiseKey& key, double sigma, int64_t members, int64_t n_ids,
-                         const MemberTable& table) {
+                         int64_t s1, const NoiseKey& key, double sigma, int64_t members, const MemberTable& table) {
+  const NoiseIdRange& ids = table.id_range;
   at::Tensor sum, noise;
   for (const auto& [b, s] : {std::make_pair(&b0, s0), std::make_pair(&b1, s1)}) {
     if (!b->has_value()) continue;
     const at::Tensor& bias = **b;
     sum = sum.defined() ? sum + bias : bias;
-    if (n_ids > 0) {
-      at::Tensor e = normals(n_ids, bias.size(0), with_stream(key, s), 0, bias.options());
+    if (ids.count > 0) {
+      at::Tensor e = normals(ids.count, bias.size(0), with_stream(key, s), ids.first, bias.options());
       noise = noise.defined() ? noise + e : e;
     }
   }
@@ -78,9 +82,10 @@ at::Tensor member_biases(const std::optional<at::Tensor>& b0, int64_t s0, const 
   return (sum + (table.signs * sigma).unsqueeze(1) * noise.index_select(0, table.ids)).contiguous();
 }
 
-std::pair<at::Tensor, at::Tensor> low_rank_factors(int64_t out, int64_t in, int64_t rank, int64_t n_ids,
+std::pair<at::Tensor, at::Tensor> low_rank_factors(int64_t out, int64_t in, int64_t rank, const NoiseIdRange& ids,
                                                    const NoiseKey& key, const at::TensorOptions& opts) {
-  const at::Tensor v = normals(n_ids, (out + in) * rank, key, 0, opts);
+  const int64_t n_ids = ids.count;
+  const at::Tensor v = normals(n_ids, (out + in) * rank, key, ids.first, opts);
   return {v.narrow(1, 0, out * rank).view({n_ids, out, rank}), v.narrow(1, out * rank, in * rank).view({n_ids, in, rank})};
 }
 

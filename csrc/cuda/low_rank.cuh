@@ -15,21 +15,23 @@
 namespace dopamine_fast {
 namespace cuda {
 
-// Noise id and sign of every member, as device tensors: ids int64 [M], signs [M] in the compute dtype.
+// Noise id and sign of every member of a range, as device tensors: ids int64 [M], counted from the range's first
+// noise id (ids.first), so they index the range's noise; signs [M] in the compute dtype.
 struct MemberTable {
   at::Tensor ids, signs;
+  NoiseIdRange id_range;
 };
 
-MemberTable member_table(int64_t members, bool baseline, bool antithetic, const at::TensorOptions& opts);
+MemberTable member_table(int64_t first_member, int64_t members, bool baseline, bool antithetic,
+                         const at::TensorOptions& opts);
 
 // Bias of every member, [M, n]: sum of the biases plus s_m sigma times the sum of their noise; undefined
 // when there is no bias.
 at::Tensor member_biases(const std::optional<at::Tensor>& b0, int64_t s0, const std::optional<at::Tensor>& b1,
-                         int64_t s1, const NoiseKey& key, double sigma, int64_t members, int64_t n_ids,
-                         const MemberTable& table);
+                         int64_t s1, const NoiseKey& key, double sigma, int64_t members, const MemberTable& table);
 
-// Factors of the low-rank noise of a weight [out, in] for noise ids 0..n-1: A [n, out, r], B [n, in, r].
-std::pair<at::Tensor, at::Tensor> low_rank_factors(int64_t out, int64_t in, int64_t rank, int64_t n_ids,
+// Factors of the low-rank noise of a weight [out, in] for the n noise ids of `ids`: A [n, out, r], B [n, in, r].
+std::pair<at::Tensor, at::Tensor> low_rank_factors(int64_t out, int64_t in, int64_t rank, const NoiseIdRange& ids,
                                                    const NoiseKey& key, const at::TensorOptions& opts);
 
 // x B_j for every member: [M, rows, r]. Shared rows take one GEMM against every id's factor at once.

@@ -21,7 +21,7 @@ namespace {
 at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                  int64_t seed, int64_t step, int64_t weight_stream, int64_t bias_stream, double sigma,
                                  int64_t num_members, int64_t rank, bool baseline, bool antithetic,
-                                 c10::string_view activation) {
+                                 c10::string_view activation, int64_t first_member) {
   TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor, got ", weight.device());
   const int act = static_cast<int>(parse_activation(std::string(activation), /*allowed_rnn=*/false));
   const c10::cuda::CUDAGuard guard(weight.device());
@@ -40,7 +40,7 @@ at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, 
     y = at::empty({M, rows, out}, opts);
     AT_DISPATCH_FLOATING_TYPES(ct, "perturbed_linear", [&] {
       MatmulParams<scalar_t> p =
-          base_params<scalar_t>(b, bias_stream, std::nullopt, 0, key, sigma, M, baseline, act);
+          base_params<scalar_t>(b, bias_stream, std::nullopt, 0, key, sigma, first_member, M, baseline, act);
       p.seg[0] = segment<scalar_t>(xc, shared ? 0 : rows * in, in, 0, w, weight_stream);
       p.num_seg = 1;
       p.y = y.data_ptr<scalar_t>();
@@ -52,18 +52,17 @@ at::Tensor perturbed_linear_cuda(const at::Tensor& x, const at::Tensor& weight, 
     });
   } else {
     // x (W + s sigma A B^T / sqrt(r))^T = x W^T + (s sigma / sqrt(r)) (x B) A^T: cuBLAS does both products.
-    const int64_t n_ids = num_noise_ids(M, baseline, antithetic);
-    const MemberTable table = member_table(M, baseline, antithetic, opts);
+    const MemberTable table = member_table(first_member, M, baseline, antithetic, opts);
     const at::Tensor base = at::matmul(xc, w.t()).expand({M, rows, out});
-    if (n_ids == 0) {
+    if (table.id_range.count == 0) {
       y = base.contiguous();
     } else {
-      const auto [fa, fb] = low_rank_factors(out, in, rank, n_ids, key, opts);
+      const auto [fa, fb] = low_rank_factors(out, in, rank, table.id_range, key, opts);
       const at::Tensor t = project_rows(xc, shared, fb, table) *
                            (table.signs * (sigma / std::sqrt(static_cast<double>(rank)))).view({M, 1, 1});
       y = at::baddbmm(base, t, fa.index_select(0, table.ids).transpose(1, 2));
     }
-    const at::Tensor bm = member_biases(b, bias_stream, std::nullopt, 0, key, sigma, M, n_ids, table);
+    const at::Tensor bm = member_biases(b, bias_stream, std::nullopt, 0, key, sigma, M, table);
     if (bm.defined() || act != static_cast<int>(Activation::kNone)) {
       AT_DISPATCH_FLOATING_TYPES(ct, "perturbed_linear", [&] {
         EpilogueArgs<scalar_t> a{};

@@ -13,26 +13,41 @@ namespace dopamine_fast {
 namespace cuda {
 namespace {
 
-// A CTA of the full-rank kernel serves one noise id: the members that share it (one, or an antithetic pair
-// with signs + and -), or the unperturbed baseline member (slot 0 when `baseline`). slot_of inverts the member
-// numbering of dopamine_fast/plan.py (member_noise_ids); tests/test_member_numbering.py checks it.
+// A CTA of the full-rank kernel serves one noise id: the members of the call that share it (one, or an
+// antithetic pair with signs + and -), or the unperturbed baseline member. A range of members may hold one member
+// of a pair only, with sign + or -: `sign` is the sign of a single-member slot.
+// slot_of inverts the member numbering of dopamine_fast/plan.py (member_noise_ids); tests/test_member_numbering.py
+// checks it.
 struct Slot {
-  int64_t a, b;  // members; b < 0 when the slot has one member
+  int64_t a, b;  // members (positions in the call); b < 0 when the slot has one member
   uint32_t id;
   bool noisy;
+  float sign;
 };
 
-__device__ __forceinline__ Slot slot_of(int64_t q, int64_t members, bool baseline, bool antithetic) {
-  if (baseline && q == 0) return Slot{0, -1, 0u, false};
-  const int64_t j = q - (baseline ? 1 : 0);
-  const int64_t first = baseline ? 1 : 0;
-  if (!antithetic) return Slot{first + j, -1, static_cast<uint32_t>(j), true};
-  const int64_t a = first + 2 * j;
-  return Slot{a, a + 1 < members ? a + 1 : -1, static_cast<uint32_t>(j), true};
+// Slot of member m in the numbering of the whole evaluation: the baseline's, then one per noise id.
+DF_HOST_DEVICE int64_t global_slot(int64_t m, bool baseline, bool antithetic) {
+  const int64_t p = m - (baseline ? 1 : 0);
+  if (p < 0) return 0;
+  return (baseline ? 1 : 0) + (antithetic ? p / 2 : p);
 }
 
-int64_t num_slots(int64_t members, bool baseline, bool antithetic) {
-  return (baseline ? 1 : 0) + num_noise_ids(members, baseline, antithetic);
+__device__ __forceinline__ Slot slot_of(int64_t q, int64_t first_member, int64_t members, bool baseline,
+                                        bool antithetic) {
+  const int64_t g = global_slot(first_member, baseline, antithetic) + q;
+  if (baseline && g == 0) return Slot{0, -1, 0u, false, 1.0f};
+  const int64_t j = g - (baseline ? 1 : 0);
+  const int64_t start = baseline ? 1 : 0;
+  if (!antithetic) return Slot{start + j - first_member, -1, static_cast<uint32_t>(j), true, 1.0f};
+  const int64_t a = start + 2 * j - first_member, b = a + 1;  // positions in the call
+  if (a < 0) return Slot{b, -1, static_cast<uint32_t>(j), true, -1.0f};  // the pair's - member alone
+  return Slot{a, b < members ? b : -1, static_cast<uint32_t>(j), true, 1.0f};
+}
+
+int64_t num_slots(int64_t first_member, int64_t members, bool baseline, bool antithetic) {
+  if (members == 0) return 0;
+  return global_slot(first_member + members - 1, baseline, antithetic) -
+         global_slot(first_member, baseline, antithetic) + 1;
 }
 
 template <int N, typename T>
@@ -62,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) perturbed_matmul_kernel(const Matmul
   __shared__ __align__(16) T xa[BK][BB + PAD];
   __shared__ __align__(16) T xb[PAIR ? BK : 1][BB + PAD];
 
-  const Slot slot = slot_of(blockIdx.x, p.members, p.baseline, PAIR);
+  const Slot slot = slot_of(blockIdx.x, p.first_member, p.members, p.baseline, PAIR);
   const bool has_b = PAIR && slot.b >= 0;
   const int64_t o0 = static_cast<int64_t>(blockIdx.y) * BO, b0 = static_cast<int64_t>(blockIdx.z) * BB;
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
@@ -93,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) perturbed_matmul_kernel(const Matmul
             normals4(key, slot.id, go * sg.in + i, sg.in - i, z);
 #pragma unroll
             for (int l = 0; l < 4; ++l)
-              if (i + l < sg.in) ev[l] = p.sigma * static_cast<T>(z[l]);
+              if (i + l < sg.in) ev[l] = static_cast<T>(slot.sign) * p.sigma * static_cast<T>(z[l]);
           }
         }
 #pragma unroll
@@ -102,7 +117,7 @@ __global__ void __launch_bounds__(kThreads) perturbed_matmul_kernel(const Matmul
             ws[gc + l][gr] = wv[l];
             es[gc + l][gr] = ev[l];
           } else {
-            ws[gc + l][gr] = wv[l] + ev[l];  // single-member slots have sign +1 (or no noise)
+            ws[gc + l][gr] = wv[l] + ev[l];  // ev carries the single member's sign
           }
         }
       }
@@ -186,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) perturbed_matmul_kernel(const Matmul
       key.stream = p.bias_stream[k];
       const Normal4 z = noise_block(key, slot.id, static_cast<uint32_t>(oc >> 2));
 #pragma unroll
-      for (int j = 0; j < 4; ++j) bias_e[j] += p.sigma * static_cast<T>(z.z[j]);
+      for (int j = 0; j < 4; ++j) bias_e[j] += static_cast<T>(slot.sign) * p.sigma * static_cast<T>(z.z[j]);
     }
   }
 #pragma unroll
@@ -210,7 +225,7 @@ __global__ void __launch_bounds__(kThreads) perturbed_matmul_kernel(const Matmul
 
 template <typename T>
 void launch_perturbed_matmul(const MatmulParams<T>& p, bool antithetic) {
-  const int64_t slots = num_slots(p.members, p.baseline, antithetic);
+  const int64_t slots = num_slots(p.first_member, p.members, p.baseline, antithetic);
   if (slots == 0 || p.rows == 0 || p.out == 0) return;
   const bool few_rows = p.rows <= 16;
   const int64_t out_tiles = ceil_div(p.out, 64), row_tiles = ceil_div(p.rows, few_rows ? 16 : 64);

@@ -33,7 +33,8 @@ struct MatmulParams {
   uint32_t bias_stream[2];
   T* y;  // element (m, b, o) at y[m * y_member + b * y_row + o]
   int64_t y_member, y_row;
-  int64_t rows, out, members;
+  int64_t rows, out;
+  int64_t first_member, members;  // the call's members: first_member .. first_member + members - 1
   NoiseKey key;  // seed and step; the stream comes from each segment and bias
   T sigma;
   bool baseline;
@@ -53,7 +54,8 @@ Segment<T> segment(const at::Tensor& x, int64_t x_member, int64_t x_row, int64_t
 
 template <typename T>
 MatmulParams<T> base_params(const std::optional<at::Tensor>& b0, int64_t s0, const std::optional<at::Tensor>& b1,
-                            int64_t s1, const NoiseKey& key, double sigma, int64_t members, bool baseline, int act) {
+                            int64_t s1, const NoiseKey& key, double sigma, int64_t first_member, int64_t members,
+                            bool baseline, int act) {
   MatmulParams<T> p{};
   p.bias[0] = b0.has_value() ? b0->data_ptr<T>() : nullptr;
   p.bias[1] = b1.has_value() ? b1->data_ptr<T>() : nullptr;
@@ -61,6 +63,7 @@ MatmulParams<T> base_params(const std::optional<at::Tensor>& b0, int64_t s0, con
   p.bias_stream[1] = static_cast<uint32_t>(s1);
   p.key = key;
   p.sigma = static_cast<T>(sigma);
+  p.first_member = first_member;
   p.members = members;
   p.baseline = baseline;
   p.activation = act;

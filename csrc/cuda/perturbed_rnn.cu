@@ -22,7 +22,8 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
                               const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
                               const std::optional<at::Tensor>& bias_hh, int64_t seed, int64_t step,
                               c10::IntArrayRef streams, double sigma, int64_t num_members, int64_t rank, bool baseline,
-                              bool antithetic, c10::string_view nonlinearity, bool return_sequence) {
+                              bool antithetic, c10::string_view nonlinearity, bool return_sequence,
+                              int64_t first_member) {
   TORCH_CHECK(weight_hh.is_cuda(), "weight_hh must be a CUDA tensor, got ", weight_hh.device());
   const int act = static_cast<int>(parse_activation(std::string(nonlinearity), /*allowed_rnn=*/true));
   const c10::cuda::CUDAGuard guard(weight_hh.device());
@@ -63,7 +64,7 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
     AT_DISPATCH_FLOATING_TYPES(ct, "perturbed_rnn", [&] {
       for (int64_t t = 0; t < T; ++t) {
         MatmulParams<scalar_t> p =
-            base_params<scalar_t>(bih, streams[2], bhh, streams[3], key, sigma, M, baseline, act);
+            base_params<scalar_t>(bih, streams[2], bhh, streams[3], key, sigma, first_member, M, baseline, act);
         p.seg[0] = segment<scalar_t>(xc, shared ? 0 : B * T * in, T * in, t * in, wih, streams[0]);
         p.num_seg = 1;
         if (t > 0) {
@@ -86,13 +87,13 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
   } else {
     // Low rank: per step h W_hh^T (one GEMM over all members' rows), plus one batched GEMM that applies both
     // corrections at once: [t_ih, t_hh] [A_ih, A_hh]^T with t = s sigma / sqrt(r) (x B).
-    const int64_t n_ids = num_noise_ids(M, baseline, antithetic);
-    const MemberTable table = member_table(M, baseline, antithetic, opts);
-    const at::Tensor bm = member_biases(bih, streams[2], bhh, streams[3], key, sigma, M, n_ids, table);
+    const MemberTable table = member_table(first_member, M, baseline, antithetic, opts);
+    const int64_t n_ids = table.id_range.count;
+    const at::Tensor bm = member_biases(bih, streams[2], bhh, streams[3], key, sigma, M, table);
     at::Tensor fb_ih, fb_hh, a_cat, coef;
     if (n_ids > 0) {
-      const auto [a_ih, b_ih] = low_rank_factors(H, in, rank, n_ids, with_stream(key, streams[0]), opts);
-      const auto [a_hh, b_hh] = low_rank_factors(H, H, rank, n_ids, with_stream(key, streams[1]), opts);
+      const auto [a_ih, b_ih] = low_rank_factors(H, in, rank, table.id_range, with_stream(key, streams[0]), opts);
+      const auto [a_hh, b_hh] = low_rank_factors(H, H, rank, table.id_range, with_stream(key, streams[1]), opts);
       fb_ih = shared ? b_ih : b_ih.index_select(0, table.ids);
       fb_hh = b_hh.index_select(0, table.ids);
       a_cat = at::cat({a_ih.index_select(0, table.ids), a_hh.index_select(0, table.ids)}, 2).transpose(1, 2);
@@ -100,13 +101,15 @@ at::Tensor perturbed_rnn_cuda(const at::Tensor& x, const std::optional<at::Tenso
     }
     // Input projections: shared rows need no member axis, so all steps at once; per-member rows step by step.
     const at::Tensor xw_all = shared ? at::matmul(xc, wih.t()) : at::Tensor();  // [B, T, H]
-    at::Tensor h = h0c.has_value() ? h0c->expand({M, B, H}) : at::zeros({M, B, H}, opts);
+    // Without h0 the state before the first step is zero: its products are zero, never materialised.
+    at::Tensor h = h0c.has_value() ? h0c->expand({M, B, H}) : at::Tensor();
     for (int64_t t = 0; t < T; ++t) {
       const at::Tensor x_t = shared ? xc.select(1, t) : xc.select(2, t);  // [B, in] or [M, B, in]
-      at::Tensor pre = at::matmul(h, whh.t()).contiguous();              // [M, B, H]
+      at::Tensor pre = h.defined() ? at::matmul(h, whh.t()).contiguous() : at::zeros({M, B, H}, opts);
       if (n_ids > 0) {
         const at::Tensor t_ih = shared ? project_rows(x_t, true, fb_ih, table) : at::bmm(x_t, fb_ih);
-        pre.baddbmm_(at::cat({t_ih, at::bmm(h, fb_hh)}, 2) * coef, a_cat);
+        const at::Tensor t_hh = h.defined() ? at::bmm(h, fb_hh) : at::zeros_like(t_ih);
+        pre.baddbmm_(at::cat({t_ih, t_hh}, 2) * coef, a_cat);
       }
       const at::Tensor xw = shared ? xw_all.select(1, t) : at::matmul(x_t, wih.t());
       const at::Tensor dst = target(t);

@@ -42,30 +42,35 @@ def noise_bits(seed: int, step: int, stream: int, first_id: int, num_ids: int, n
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: int, step: int,
                      weight_stream: int, bias_stream: int, sigma: float, num_members: int, rank: int = 0,
-                     baseline: bool = True, antithetic: bool = False, activation: str = "none") -> torch.Tensor:
+                     baseline: bool = True, antithetic: bool = False, activation: str = "none",
+                     first_member: int = 0) -> torch.Tensor:
     """Outputs [K, B, out] of K perturbed copies of a linear layer (see docs/noise.md for the members).
 
-    ``x`` is [K, B, in] (one input per member) or [B, in] (shared). Member k computes
+    The K members are ``first_member .. first_member + K - 1`` (``K = num_members``), so a range of members can be
+    evaluated alone: ranges side by side give the outputs of the whole call, bit for bit. ``x`` is [K, B, in] (one
+    input per member of the range) or [B, in] (shared). Member k computes
     ``act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k)`` with ``E_k`` full rank (``rank=0``) or
     ``A_k B_k^T / sqrt(rank)``.
     """
     return call("perturbed_linear", x, weight, bias, seed, step, weight_stream, bias_stream, as_float("sigma", sigma),
-                 num_members, rank, baseline, antithetic, activation)
+                 num_members, rank, baseline, antithetic, activation, first_member)
 
 
 def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.Tensor, weight_hh: torch.Tensor,
                   bias_ih: Optional[torch.Tensor], bias_hh: Optional[torch.Tensor], seed: int, step: int,
                   streams: List[int], sigma: float, num_members: int, rank: int = 0, baseline: bool = True,
                   antithetic: bool = False, nonlinearity: str = "tanh",
-                  return_sequence: bool = False) -> torch.Tensor:
-    """K perturbed copies of an Elman RNN layer over a batch-first sequence.
+                  return_sequence: bool = False, first_member: int = 0) -> torch.Tensor:
+    """K perturbed copies of an Elman RNN layer over a batch-first sequence: members ``first_member ..
+    first_member + K - 1`` (``K = num_members``; ranges side by side give the whole call's outputs bit for bit).
 
-    ``x`` is [K, B, T, in] or [B, T, in]; ``h0`` is [K, B, H], [B, H] or None (zeros); ``streams`` are the
-    noise streams of (weight_ih, weight_hh, bias_ih, bias_hh). Returns the last hidden state [K, B, H], or all
-    of them [K, B, T, H].
+    ``x`` is [K, B, T, in] or [B, T, in]; ``h0`` is [K, B, H], [B, H] or None (zeros, never materialised for
+    every member); ``streams`` are the noise streams of (weight_ih, weight_hh, bias_ih, bias_hh). Returns the last
+    hidden state [K, B, H], or all of them [K, B, T, H].
     """
     return call("perturbed_rnn", x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, list(streams),
-                 as_float("sigma", sigma), num_members, rank, baseline, antithetic, nonlinearity, return_sequence)
+                 as_float("sigma", sigma), num_members, rank, baseline, antithetic, nonlinearity, return_sequence,
+                 first_member)
 
 
 def rpe_update_(param: torch.Tensor, coeffs: torch.Tensor, seed: int, step: int, stream: int, rank: int = 0,

@@ -24,15 +24,14 @@ def member_chunks(num_members: int, normals_per_member: int):
 
 
 class ChunkNoise:
-    """Noise of one parameter for the members ``[m0, m1)`` of a batched evaluation.
+    """Noise of one parameter for the members ``[m0, m1)`` (member ids, not positions) of a batched evaluation.
 
     ``signs`` [m] scales each member's perturbation (0 for the unperturbed one); ``factors`` holds the
     low-rank ``(A, B)`` of each member, or ``full`` the full-rank perturbation, both already gathered per member.
     """
 
-    def __init__(self, shape, dtype, seed, step, stream, rank, m0, m1, num_members, baseline, antithetic, device):
-        ids, signs = member_noise_ids(num_members, baseline, antithetic, device=device)
-        ids, signs = ids[m0:m1], signs[m0:m1]
+    def __init__(self, shape, dtype, seed, step, stream, rank, m0, m1, baseline, antithetic, device):
+        ids, signs = member_noise_ids(m1 - m0, baseline, antithetic, device=device, first_member=m0)
         self.signs = signs.to(dtype)
         self.rank = rank if len(shape) >= 2 else 0
         first = int(ids.min()) if ids.numel() else 0
@@ -55,6 +54,15 @@ class ChunkNoise:
     def vector(self) -> torch.Tensor:
         """Each member's full perturbation of a one-dimensional parameter: [m, n]."""
         return self.full
+
+
+def shared_matmul_t(x: torch.Tensor, weight: torch.Tensor, shared: bool) -> torch.Tensor:
+    """``x_k @ W.T`` for each member k, x of shape [m, rows, in] (``shared``: the same rows for every member): one
+    product per member, or one for all, so a member's rows come out the same whichever members share the call (a
+    GEMM's rounding may depend on its row count)."""
+    if shared:
+        return torch.matmul(x[0], weight.t()).expand(x.shape[0], -1, -1)
+    return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
 
 
 def apply_activation(y: torch.Tensor, activation: str) -> torch.Tensor:

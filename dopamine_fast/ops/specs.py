@@ -60,12 +60,12 @@ def _fake_mutating(*args) -> None:
 
 
 def _fake_perturbed_linear(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank,
-                           baseline, antithetic, activation):
+                           baseline, antithetic, activation, first_member=0):
     return weight.new_empty(num_members, x.shape[-2], weight.shape[0])
 
 
 def _fake_perturbed_rnn(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams, sigma, num_members,
-                        rank, baseline, antithetic, nonlinearity, return_sequence):
+                        rank, baseline, antithetic, nonlinearity, return_sequence, first_member=0):
     batch, steps = x.shape[-3], x.shape[-2]
     hidden = weight_hh.shape[0]
     if return_sequence:
@@ -80,13 +80,14 @@ SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in (
            noise_bits_into_reference, _fake_mutating, validation.check_noise_bits_args, "out", noise_bits_triton),
     OpSpec("perturbed_linear",
            "(Tensor x, Tensor weight, Tensor? bias, int seed, int step, int weight_stream, int bias_stream, "
-           "float sigma, int num_members, int rank, bool baseline, bool antithetic, str activation) -> Tensor",
+           "float sigma, int num_members, int rank, bool baseline, bool antithetic, str activation, "
+           "int first_member=0) -> Tensor",
            perturbed_linear_reference, _fake_perturbed_linear, validation.check_perturbed_linear_args, "weight",
            perturbed_linear_triton),
     OpSpec("perturbed_rnn",
            "(Tensor x, Tensor? h0, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, int seed, "
            "int step, int[] streams, float sigma, int num_members, int rank, bool baseline, bool antithetic, "
-           "str nonlinearity, bool return_sequence) -> Tensor",
+           "str nonlinearity, bool return_sequence, int first_member=0) -> Tensor",
            perturbed_rnn_reference, _fake_perturbed_rnn, validation.check_perturbed_rnn_args, "weight_hh",
            perturbed_rnn_triton),
     OpSpec("rpe_update_",

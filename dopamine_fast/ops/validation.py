@@ -89,6 +89,12 @@ def _check_common(sigma: float, num_members: int, rank: int) -> None:
         raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
 
 
+def _check_member_range(first_member: int, num_members: int) -> None:
+    if first_member < 0 or first_member + num_members > MAX_WORD + 1:
+        raise ValueError(f"members [first_member, first_member + num_members) = [{first_member}, "
+                         f"{first_member + num_members}) must lie in [0, 2**32)")
+
+
 def _check_floating(t: torch.Tensor, name: str) -> None:
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {t.dtype}")
@@ -116,8 +122,9 @@ def check_activation(name: str, rnn: bool) -> None:
 
 
 def check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias_stream, sigma, num_members, rank,
-                                baseline, antithetic, activation) -> None:
+                                baseline, antithetic, activation, first_member=0) -> None:
     _check_common(sigma, num_members, rank)
+    _check_member_range(first_member, num_members)
     check_counter_args(seed, step, weight_stream)
     check_counter_args(seed, step, bias_stream)
     if weight.dim() != 2:
@@ -134,8 +141,10 @@ def check_perturbed_linear_args(x, weight, bias, seed, step, weight_stream, bias
 
 
 def check_perturbed_rnn_args(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, seed, step, streams: Sequence[int],
-                             sigma, num_members, rank, baseline, antithetic, nonlinearity, return_sequence) -> None:
+                             sigma, num_members, rank, baseline, antithetic, nonlinearity, return_sequence,
+                             first_member=0) -> None:
     _check_common(sigma, num_members, rank)
+    _check_member_range(first_member, num_members)
     if len(streams) != 4:
         raise ValueError(f"streams must hold 4 ints (weight_ih, weight_hh, bias_ih, bias_hh), got {list(streams)}")
     for s in streams:

@@ -9,7 +9,7 @@ of two activations of one shape (a residual connection).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -27,14 +27,50 @@ class Unsupported(Exception):
     """The fused path cannot run this model (or not with this plan); the message says why."""
 
 
+# Members per chunk are a power of two below this and a multiple of it above: chunk boundaries then fall on the
+# compiled CPU kernels' grid of member blocks (csrc/cpu/member_blocks.h), so no chunk pads a block.
+MEMBER_ALIGN = 256
+
+
+def member_chunks(members: range, size: int) -> List[range]:
+    """``members`` cut at member ids ``1 + j * size`` (j >= 1): chunks of ``size`` perturbed members, the first
+    chunk of an evaluation also holding the unperturbed member 0 (alone when ``size`` is 1). Members that fit in
+    one chunk stay one."""
+    if len(members) <= size:
+        return [members]
+    chunks, m = [], members.start
+    while m < members.stop:
+        stop = min(members.stop, 1 + max(size > 1, (m - 1) // size + 1) * size)
+        chunks.append(range(m, stop))
+        m = stop
+    return chunks
+
+
+def aligned_chunk(size: int) -> int:
+    """The largest chunk size <= ``size`` (>= 1) that ``member_chunks`` aligns: a power of two below MEMBER_ALIGN,
+    else a multiple of it."""
+    if size >= MEMBER_ALIGN:
+        return size // MEMBER_ALIGN * MEMBER_ALIGN
+    return 1 << (max(1, size).bit_length() - 1)
+
+
 @dataclass(frozen=True)
 class FusedCall:
     """The context of one fused evaluation, which every step reads: the plan, each parameter's noise, the
-    shape of the inputs (for error messages)."""
+    shape of the inputs (for error messages), and the members this run evaluates (None: the plan's local ones)."""
 
     plan: PerturbationPlan
     noise: Dict[int, ParamNoise]  # id(parameter) -> its noise; parameters outside the plan stay unperturbed
     inputs_shape: tuple
+    chunk: Optional[range] = None
+
+    @property
+    def members(self) -> range:
+        """The members the ops evaluate in this run, in order."""
+        return self.plan.local_members if self.chunk is None else self.chunk
+
+    def narrow(self, members: range) -> "FusedCall":
+        return replace(self, chunk=members)
 
     def layer_noise(self, module: nn.Module, tensors: Sequence[Optional[torch.Tensor]]):
         """``(sigma, rank, streams)`` of a fused layer's tensors: a fused op takes one sigma and one rank."""
@@ -62,7 +98,8 @@ def _shape_error(name: str, module: nn.Module, h: torch.Tensor, shared: bool, ex
 class Step:
     """One node of the program. ``row_numel`` and ``scratch_numel`` size it per batch row for the memory budget:
     elements of one member's output, and ``(once, per_member)`` elements its kernel holds besides its inputs and
-    output. A step that perturbs nothing keeps shared inputs shared."""
+    output; ``member_numel`` the elements its kernel holds per member whatever the rows (noise factors, perturbed
+    biases). A step that perturbs nothing keeps shared inputs shared."""
 
     perturbs = False
 
@@ -74,6 +111,9 @@ class Step:
 
     def scratch_numel(self, inputs: Sequence[int], threads: int) -> Tuple[int, int]:
         return 0, 0
+
+    def member_numel(self, call: FusedCall) -> int:
+        return 0
 
 
 class LinearStep(Step):
@@ -91,17 +131,23 @@ class LinearStep(Step):
     def scratch_numel(self, inputs, threads):
         return self.row_numel(inputs), 0  # x W^T of a shared input, held once for all members (low rank)
 
+    def member_numel(self, call):
+        m = self.module
+        _, rank, _ = call.layer_noise(m, [m.weight, m.bias])
+        return (m.in_features + m.out_features) * rank + m.out_features  # low-rank factors, perturbed bias
+
     def __call__(self, value: Value, call: FusedCall) -> Value:
         (h, shared), m, plan = value, self.module, call.plan
         if h.dim() < 1 + (not shared) or h.shape[-1] != m.in_features:
             raise _shape_error(self.name, m, h, shared, f"[..., {m.in_features}]", call)
         sigma, rank, (weight_stream, bias_stream) = call.layer_noise(m, [m.weight, m.bias])
-        count = plan.num_members
+        count = len(call.members)
         lead = h.shape[:-1] if shared else h.shape[1:-1]
         # The op takes [B, in] or [M, B, in]: any further leading dimensions fold into the batch.
         x = h.reshape(-1, m.in_features) if shared else h.reshape(count, -1, m.in_features)
         y = ops.perturbed_linear(x, m.weight.detach(), _detached(m.bias), plan.seed, plan.step, weight_stream,
-                                 bias_stream, sigma, count, rank, True, plan.antithetic, self.activation)
+                                 bias_stream, sigma, count, rank, True, plan.antithetic, self.activation,
+                                 first_member=call.members.start)
         return y.reshape(count, *lead, m.out_features), False
 
 
@@ -130,11 +176,19 @@ class RNNStep(Step):
 
     def scratch_numel(self, inputs, threads):
         # Each thread's input projections of a row's whole sequence (full rank), or the shared projection (low
-        # rank); every member's initial state; between stacked layers, every member's sequence of hidden states,
-        # in and out.
+        # rank); between stacked layers, every member's sequence of hidden states, in and out. The zero initial
+        # state is never materialised.
         steps, hidden = inputs[0] // self.module.input_size, self.module.hidden_size
         between = 2 * steps * hidden if self.module.num_layers > 1 else 0
-        return (threads + 1) * steps * hidden, hidden + between
+        return (threads + 1) * steps * hidden, between
+
+    def member_numel(self, call):
+        rnn, total = self.module, 0
+        for layer in range(rnn.num_layers):
+            w_ih, w_hh = self.layer_tensors(layer)[:2]
+            _, rank, _ = call.layer_noise(rnn, self.layer_tensors(layer))
+            total = max(total, (w_ih.shape[0] + w_ih.shape[1] + 2 * w_hh.shape[0]) * rank + w_hh.shape[0])
+        return total  # the low-rank factors and the perturbed biases of one layer at a time
 
     def __call__(self, value: Value, call: FusedCall) -> Value:
         (h, shared), rnn, plan = value, self.module, call.plan
@@ -150,8 +204,8 @@ class RNNStep(Step):
             tensors = self.layer_tensors(layer)
             sigma, rank, streams = call.layer_noise(rnn, tensors)
             x = ops.perturbed_rnn(x.contiguous(), None, *map(_detached, tensors), plan.seed, plan.step, streams,
-                                  sigma, plan.num_members, rank, True, plan.antithetic, rnn.nonlinearity,
-                                  layer < rnn.num_layers - 1)
+                                  sigma, len(call.members), rank, True, plan.antithetic, rnn.nonlinearity,
+                                  layer < rnn.num_layers - 1, first_member=call.members.start)
         return x, False
 
 
@@ -252,13 +306,13 @@ class FusedProgram:
             for slot in ins.frees:
                 del values[slot]  # the next steps' activations replace it, never sit beside it
         h, shared = values[self.output]
-        return h.expand(call.plan.num_members, *h.shape) if shared else h
+        return h.expand(len(call.members), *h.shape) if shared else h
 
-    def row_footprint(self, inputs: torch.Tensor, num_members: int, itemsize: int, threads: int) -> Tuple[int, int]:
-        """Per batch row: the most memory a run takes at any point (live activations plus the kernels' scratch),
-        in bytes, and the elements of every member's outputs (what row chunks leave side by side)."""
-        rows = max(1, self.rows(inputs))
-        numel: Dict[int, int] = {0: inputs.numel() // rows}
+    def footprint(self, inputs: torch.Tensor, call: FusedCall, num_members: int, rows: int, itemsize: int,
+                  threads: int) -> Tuple[int, int]:
+        """A run of ``num_members`` members on ``rows`` batch rows: the most memory it takes at any point (live
+        activations plus the kernels' scratch), in bytes, and the elements of one member's outputs per row."""
+        numel: Dict[int, int] = {0: inputs.numel() // max(1, self.rows(inputs))}
         shared: Dict[int, bool] = {0: True}
         live, peak = {0}, 0
         for ins in self.instructions:
@@ -268,6 +322,7 @@ class FusedProgram:
             once, per_member = ins.step.scratch_numel(in_numel, threads)
             live.add(ins.output)
             held = sum(numel[s] * (1 if shared[s] else num_members) for s in live - {0})
-            peak = max(peak, held + once + per_member * num_members)
+            peak = max(peak, (held + once + per_member * num_members) * rows
+                       + ins.step.member_numel(call) * num_members)
             live -= set(ins.frees)
-        return peak * itemsize, numel[self.output] * num_members
+        return peak * itemsize, numel[self.output]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..plan import ParamNoise, PerturbationPlan
-from .fused import FusedCall, FusedProgram, Unsupported
+from .fused import FusedCall, FusedProgram, Unsupported, aligned_chunk, member_chunks
 from .generic import GenericPath
 from .graph import compile_model, unwrap
 from .losses import LossSpec, member_losses, resolve
@@ -48,10 +48,11 @@ class Population:
             generic path.
         chunk_size: members per chunk on the generic path (None: as many as fit in 256 MiB of parameters).
         max_memory: a budget in bytes for what one evaluation allocates beyond the model and its inputs
-            (activations, kernel scratch, a chunk's perturbed parameters): the fused path evaluates the batch in
-            chunks of rows, the generic path the members in chunks, sized from the layers' shapes (fused) or a
-            one-member probe (generic), with the same losses. At least one row or member is evaluated at a time,
-            so a budget below that is exceeded. None: no budget.
+            (activations, kernel scratch, a chunk's perturbed parameters): both paths evaluate the members in
+            chunks, the fused path also the batch in chunks of rows where one member's activations alone exceed
+            the budget, sized from the layers' shapes (fused) or a one-member probe (generic), with the same
+            losses (member chunks: bit for bit on the CPU, docs/noise.md). At least one row of one member is
+            evaluated at a time, so a budget below that is exceeded. None: no budget.
     """
 
     def __init__(self, model: nn.Module, loss: LossSpec = "mse", *, fused: Optional[bool] = None,
@@ -80,7 +81,7 @@ class Population:
         self._program: Optional[FusedProgram] = None
         self._off_reason: Optional[str] = "fused=False"  # why the fused path never runs, if it never does
         self._announced = set()
-        self._row_footprints: Dict[tuple, Tuple[int, int]] = {}  # (shape, members, itemsize, threads) -> footprint
+        self._chunks: Dict[tuple, Tuple[int, Optional[int]]] = {}  # sizing key -> (members, rows) per chunk
         self._layout = _layout(model)
         self._compile(stacklevel=4)  # a warning points at the user's Population(...) line
 
@@ -88,7 +89,7 @@ class Population:
         """Reads the model for the fused path (unless fused=False); where it cannot, says why once."""
         if self.fused is False:
             return
-        self._program, self._off_reason, self._row_footprints = None, None, {}
+        self._program, self._off_reason, self._chunks = None, None, {}
         try:
             self._program = compile_model(unwrap(self.model))
         except Unsupported as why:
@@ -116,8 +117,13 @@ class Population:
         reason = self._fused_blocker(call)
         if reason is None:
             self.last_path = "fused"
-            outputs = self._program(inputs, call, self._max_rows(inputs, plan))
-            return member_losses(self.loss_fn, outputs, targets, plan.num_members)
+            size, max_rows = self._chunk_shape(inputs, call)
+            losses = []
+            for members in member_chunks(plan.local_members, size):
+                outputs = self._program(inputs, call.narrow(members), max_rows)
+                losses.append(member_losses(self.loss_fn, outputs, targets, len(members)))
+                del outputs  # the next chunk's outputs replace these, never sit beside them
+            return losses[0] if len(losses) == 1 else torch.cat(losses)
         if self.fused is None:
             self._announce(reason, stacklevel=4)
         self.last_path = "generic"
@@ -131,19 +137,39 @@ class Population:
         warnings.warn(f"dopamine_fast.Population: {reason}; {type(self.model).__name__} is evaluated on the generic "
                       f"path (torch.func.vmap over members)", UserWarning, stacklevel=stacklevel)
 
-    def _max_rows(self, inputs: torch.Tensor, plan: PerturbationPlan) -> Optional[int]:
-        """Batch rows per chunk that keep the fused path within ``max_memory`` (None: all at once)."""
+    def _chunk_shape(self, inputs, call: FusedCall) -> Tuple[int, Optional[int]]:
+        """Members per chunk, and batch rows per chunk (None: all), that keep the fused path within
+        ``max_memory``: as many members as fit with all rows, else one member in chunks of rows."""
+        plan = call.plan
+        count = len(plan.local_members)
         if self.max_memory is None or not isinstance(inputs, torch.Tensor):
-            return None
+            return count, None
         itemsize = 8 if any(pn.param.dtype == torch.float64 for pn in plan.params) else 4  # the ops' compute dtype
-        key = (tuple(inputs.shape), plan.num_members, itemsize, torch.get_num_threads())
-        if key not in self._row_footprints:  # the same shapes every step: walk the program once per shape
-            self._row_footprints[key] = self._program.row_footprint(inputs, *key[1:])
-        per_row, output_numel = self._row_footprints[key]
-        # Row chunks' outputs sit side by side until the loss, which makes a temporary of their size (the built-in
-        # losses make one): that much of the budget is not the chunks'.
-        outputs = output_numel * itemsize * self._program.rows(inputs)
-        return max(1, (self.max_memory - 2 * outputs) // max(1, per_row))
+        key = (tuple(inputs.shape), count, itemsize, torch.get_num_threads(), tuple(pn.rank for pn in plan.params))
+        if key not in self._chunks:  # the same shapes every step: size the chunks once per shape
+            self._chunks[key] = self._size_chunks(inputs, call, count, itemsize)
+        return self._chunks[key]
+
+    def _size_chunks(self, inputs, call: FusedCall, count: int, itemsize: int) -> Tuple[int, Optional[int]]:
+        rows, threads = self._program.rows(inputs), torch.get_num_threads()
+
+        def chunk_bytes(members: int, chunk_rows: int) -> int:
+            # A chunk's outputs are live at its peak (counted there); the loss makes a temporary of their size (the
+            # built-in losses make one), and row chunks' outputs sit side by side until the loss.
+            peak, output_numel = self._program.footprint(inputs, call, members, chunk_rows, itemsize, threads)
+            return peak + 2 * output_numel * members * rows * itemsize
+
+        lo, hi = 1, count  # the most members whose chunk fits, by bisection (the footprint grows with members)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if chunk_bytes(mid, rows) <= self.max_memory else (lo, mid - 1)
+        if lo == count:
+            return count, None
+        if lo > 1 or chunk_bytes(1, rows) <= self.max_memory:
+            return aligned_chunk(lo), None
+        fixed = chunk_bytes(1, 0)
+        per_row = max(1, chunk_bytes(1, 1) - fixed)
+        return 1, max(1, (self.max_memory - fixed) // per_row)
 
     def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
         """Each model parameter's noise in the plan, by identity: the optimizer's streams, sigmas and ranks."""
@@ -161,12 +187,7 @@ class Population:
         """None when this call runs on the fused path, else why not (raises if the user demanded it)."""
         if self._program is None:
             return self._off_reason
-        plan = call.plan
         try:
-            if plan.local_members != range(plan.num_members):
-                raise Unsupported(f"this process evaluates members {plan.local_members.start}.."
-                                  f"{plan.local_members.stop - 1} of {plan.num_members} only (member parallelism), "
-                                  f"and the fused ops have no first-member offset")
             self._program.check(call)
         except Unsupported as why:
             if self.fused:

@@ -12,11 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...plan import num_noise_ids
+from ...activations import ACTIVATIONS
 from ...plan import low_rank_numel
 from .noise import fill_noise
 from .philox import as_u32, block_normals, element_normals, interleave4, member_noise
-from ...activations import ACTIVATIONS
 
 # The kernels' activation codes, as the C++ Activation enum numbers them: 0 none, 1 tanh, 2 relu, 3 sigmoid.
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
@@ -43,16 +42,24 @@ def member_strides(t: torch.Tensor, dims: int):
     return ((0,) if t.dim() == dims else (t.stride(0),)) + tuple(t.stride()[-dims:])
 
 
-def low_rank_factors(weight, seed, step, stream, rank, num_members, baseline, antithetic):
-    """Every noise id's factors ``[A (out x r) | B (in x r)]``, one row per id, in the compute dtype.
+def first_noise_id(first_member: int, baseline: bool, antithetic: bool) -> int:
+    """The noise id of member ``first_member`` (0 for the baseline), the first id a range of members reads."""
+    p = max(0, first_member - int(baseline))
+    return p // 2 if antithetic else p
+
+
+def low_rank_factors(weight, seed, step, stream, rank, num_members, baseline, antithetic, first_member):
+    """The factors ``[A (out x r) | B (in x r)]`` of every noise id the members ``first_member ..
+    first_member + num_members - 1`` use, one row per id from ``first_noise_id``, in the compute dtype.
 
     Generated once per call by the noise kernel (no Philox block is computed twice), so the correction kernels
     read them instead of regenerating them in every row tile; they take ids x (out + in) x r, never ids x P.
     """
-    ids = max(1, num_noise_ids(num_members, baseline, antithetic))  # the baseline alone still reads row 0
-    factors = torch.empty(ids, low_rank_numel(weight.shape, rank), dtype=compute_dtype(weight.dtype),
+    first = first_noise_id(first_member, baseline, antithetic)
+    last = first_noise_id(first_member + num_members - 1, baseline, antithetic)
+    factors = torch.empty(last - first + 1, low_rank_numel(weight.shape, rank), dtype=compute_dtype(weight.dtype),
                           device=weight.device)
-    fill_noise(factors, seed, step, stream, 0)
+    fill_noise(factors, seed, step, stream, first)
     return factors
 
 
@@ -156,17 +163,18 @@ def activate(y, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def member_tile(pid, n_rows, n_out, BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr, BLOCK_B: tl.constexpr,
-                BLOCK_O: tl.constexpr):
-    """Program ``pid`` of a flat (member, row tile, output tile) grid: member ``m``, row and output offsets with
-    their masks, and the member's noise id and sign."""
+def member_tile(pid, first_member, n_rows, n_out, BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr):
+    """Program ``pid`` of a flat (member, row tile, output tile) grid: member ``m`` (its position in the call, whose
+    first member is ``first_member``), row and output offsets with their masks, and the member's noise id and
+    sign."""
     tiles_b = tl.cdiv(n_rows, BLOCK_B)
     tiles_o = tl.cdiv(n_out, BLOCK_O)
     m = pid // (tiles_b * tiles_o)
     rest = pid % (tiles_b * tiles_o)
     offs_b = (rest // tiles_o) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_o = (rest % tiles_o) * BLOCK_O + tl.arange(0, BLOCK_O)
-    noise_id, sign = member_noise(m, BASELINE, ANTITHETIC)
+    noise_id, sign = member_noise(first_member + m, BASELINE, ANTITHETIC)
     return m, offs_b, offs_b < n_rows, offs_o, offs_o < n_out, noise_id, sign
 
 

@@ -17,20 +17,20 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, first_noise_id, low_rank_factors,
+                     low_rank_outputs, low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 from .philox import as_u32, counter_words
-from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
-                            low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 
 
 @triton.jit
 def _full_rank_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_in, n_out,
                       stride_xm, stride_xb, stride_xi, stride_wo, stride_wi, stride_ym, stride_yb, stride_yo,
-                      sigma, k0, k1, step, w_stream, b_stream,
+                      sigma, k0, k1, step, w_stream, b_stream, first_member,
                       HAS_BIAS: tl.constexpr, BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr,
                       ACTIVATION: tl.constexpr, ALIGNED: tl.constexpr, EXACT_FP32: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_IN: tl.constexpr):
-    m, offs_b, mask_b, offs_o, mask_o, noise_id, sign = member_tile(tl.program_id(0), n_rows, n_out, BASELINE,
-                                                                    ANTITHETIC, BLOCK_B, BLOCK_O)
+    m, offs_b, mask_b, offs_o, mask_o, noise_id, sign = member_tile(tl.program_id(0), first_member, n_rows, n_out,
+                                                                    BASELINE, ANTITHETIC, BLOCK_B, BLOCK_O)
     acc = compute_zeros((BLOCK_B, BLOCK_O), w_ptr)
     scale = sign.to(acc.dtype) * sigma
     key0, key1, step32 = as_u32(k0), as_u32(k1), as_u32(step)
@@ -44,16 +44,16 @@ def _full_rank_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_in, n_out,
 @triton.jit
 def _low_rank_kernel(base_ptr, x_ptr, f_ptr, b_ptr, y_ptr, n_rows, n_in, n_out, rank,
                      stride_basem, stride_baseb, stride_baseo, stride_xm, stride_xb, stride_xi, stride_f,
-                     stride_ym, stride_yb, stride_yo, sigma, k0, k1, step, b_stream,
+                     stride_ym, stride_yb, stride_yo, sigma, k0, k1, step, b_stream, first_member, first_id,
                      HAS_BIAS: tl.constexpr, BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr,
                      ACTIVATION: tl.constexpr, EXACT_FP32: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_IN: tl.constexpr, RANK_TILE: tl.constexpr):
     # One program per (member, row tile): project the rows on B once, then sweep the output tiles.
-    m, offs_b, mask_b, _, _, noise_id, sign = member_tile(tl.program_id(0), n_rows, 1, BASELINE, ANTITHETIC,
-                                                          BLOCK_B, 1)
+    m, offs_b, mask_b, _, _, noise_id, sign = member_tile(tl.program_id(0), first_member, n_rows, 1, BASELINE,
+                                                          ANTITHETIC, BLOCK_B, 1)
     t = compute_zeros((BLOCK_B, RANK_TILE), y_ptr)
     scale = sign.to(t.dtype) * sigma
-    a_ptr = f_ptr + noise_id.to(tl.int64) * stride_f  # factors of this member's noise id: A, then B
+    a_ptr = f_ptr + (noise_id.to(tl.int64) - first_id) * stride_f  # factors of this member's noise id: A, then B
     t = low_rank_project(t, x_ptr + m.to(tl.int64) * stride_xm, stride_xb, stride_xi, offs_b, mask_b, n_in,
                          a_ptr + n_out * rank, rank, BLOCK_IN, EXACT_FP32)
     t = t * (scale / tl.sqrt(tl.to_tensor(rank).to(t.dtype)))
@@ -65,8 +65,9 @@ def _low_rank_kernel(base_ptr, x_ptr, f_ptr, b_ptr, y_ptr, n_rows, n_in, n_out, 
 
 
 def launch_full_rank(y, x, weight, bias, seed, step, weight_stream, bias_stream, sigma, baseline, antithetic,
-                     activation: int):
-    """Full-rank perturbed linear layer into ``y`` [K, B, out]; ``x`` is [K, B, in] or shared [B, in]."""
+                     activation: int, first_member: int):
+    """Full-rank perturbed linear layer of members ``first_member ..`` into ``y`` [K, B, out]; ``x`` is [K, B, in]
+    or shared [B, in]."""
     num_members, n_rows, n_out = y.shape
     n_in = weight.shape[1]
     if y.numel() == 0:
@@ -77,14 +78,15 @@ def launch_full_rank(y, x, weight, bias, seed, step, weight_stream, bias_stream,
     _full_rank_kernel[grid](
         x, weight, bias if bias is not None else weight, y, n_rows, n_in, n_out,
         *member_strides(x, 2), *weight.stride(), *y.stride(), sigma, k0, k1, step32, w_stream, bias_stream,
-        HAS_BIAS=bias is not None, BASELINE=int(baseline), ANTITHETIC=antithetic, ACTIVATION=activation,
+        first_member, HAS_BIAS=bias is not None, BASELINE=int(baseline), ANTITHETIC=antithetic, ACTIVATION=activation,
         ALIGNED=n_in % 4 == 0, EXACT_FP32=exact_fp32(weight.dtype), BLOCK_B=block_b, BLOCK_O=block_o,
         BLOCK_IN=block_in)
 
 
 def launch_low_rank(y, base, x, factors, bias, seed, step, bias_stream, sigma, rank, baseline, antithetic,
-                    activation: int, n_in: int):
-    """``y = act(base + s sigma (x B) A^T / sqrt(r) + perturbed bias)``; ``base``, ``x`` may be shared."""
+                    activation: int, n_in: int, first_member: int):
+    """``y = act(base + s sigma (x B) A^T / sqrt(r) + perturbed bias)`` for members ``first_member ..``, with
+    ``factors`` from ``low_rank_factors``; ``base``, ``x`` may be shared."""
     num_members, n_rows, n_out = y.shape
     if y.numel() == 0:
         return
@@ -94,23 +96,25 @@ def launch_low_rank(y, base, x, factors, bias, seed, step, bias_stream, sigma, r
     _low_rank_kernel[grid](
         base, x, factors, bias if bias is not None else y, y, n_rows, n_in, n_out, rank,
         *member_strides(base, 2), *member_strides(x, 2), factors.stride(0), *y.stride(), sigma, k0, k1, step32,
-        bias_stream, HAS_BIAS=bias is not None, BASELINE=int(baseline), ANTITHETIC=antithetic,
+        bias_stream, first_member, first_noise_id(first_member, baseline, antithetic), HAS_BIAS=bias is not None,
+        BASELINE=int(baseline), ANTITHETIC=antithetic,
         ACTIVATION=activation, EXACT_FP32=exact_fp32(y.dtype), BLOCK_B=block_b, BLOCK_O=tile_size(n_out),
         BLOCK_IN=tile_size(n_in), RANK_TILE=tile_size(rank, cap=1 << 30))
 
 
 def perturbed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: int, step: int,
                      weight_stream: int, bias_stream: int, sigma: float, num_members: int, rank: int, baseline: bool,
-                     antithetic: bool, activation: str) -> torch.Tensor:
+                     antithetic: bool, activation: str, first_member: int = 0) -> torch.Tensor:
     x = x.to(weight.dtype)
     y = weight.new_empty(num_members, x.shape[-2], weight.shape[0])
     code = ACTIVATION_CODES[activation]
     if rank == 0:
         launch_full_rank(y, x, weight, bias, seed, step, weight_stream, bias_stream, sigma, baseline, antithetic,
-                         code)
+                         code, first_member)
     else:
-        factors = low_rank_factors(weight, seed, step, weight_stream, rank, num_members, baseline, antithetic)
+        factors = low_rank_factors(weight, seed, step, weight_stream, rank, num_members, baseline, antithetic,
+                                   first_member)
         base = torch.matmul(x, weight.t())  # [B, out] once when x is shared: the plain-inference floor
         launch_low_rank(y, base, x, factors, bias, seed, step, bias_stream, sigma, rank, baseline, antithetic, code,
-                        weight.shape[1])
+                        weight.shape[1], first_member)
     return y

@@ -15,23 +15,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, first_noise_id, low_rank_factors,
+                     low_rank_outputs, low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 from .philox import as_u32, counter_words
-from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, low_rank_factors, low_rank_outputs,
-                            low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
 
 
 @triton.jit
 def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out_ptr, n_rows, n_in, n_hidden,
                            stride_xm, stride_xb, stride_xi, stride_hm, stride_hb, stride_hh,
                            stride_wih_o, stride_wih_i, stride_whh_o, stride_whh_i, stride_om, stride_ob, stride_oh,
-                           sigma, k0, k1, step, stream_wih, stream_whh, stream_bih, stream_bhh,
+                           sigma, k0, k1, step, stream_wih, stream_whh, stream_bih, stream_bhh, first_member,
                            HAS_H: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
                            BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr, ACTIVATION: tl.constexpr,
                            ALIGNED_IH: tl.constexpr, ALIGNED_HH: tl.constexpr, EXACT_FP32: tl.constexpr,
                            BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_IN: tl.constexpr,
                            BLOCK_H: tl.constexpr):
-    m, offs_b, mask_b, offs_o, mask_o, noise_id, sign = member_tile(tl.program_id(0), n_rows, n_hidden, BASELINE,
-                                                                    ANTITHETIC, BLOCK_B, BLOCK_O)
+    m, offs_b, mask_b, offs_o, mask_o, noise_id, sign = member_tile(tl.program_id(0), first_member, n_rows,
+                                                                    n_hidden, BASELINE, ANTITHETIC, BLOCK_B, BLOCK_O)
     acc = compute_zeros((BLOCK_B, BLOCK_O), whh_ptr)
     scale = sign.to(acc.dtype) * sigma
     key0, key1, step32 = as_u32(k0), as_u32(k1), as_u32(step)
@@ -50,19 +50,19 @@ def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out
 def _low_rank_step_kernel(base_ptr, x_ptr, h_ptr, fih_ptr, fhh_ptr, bih_ptr, bhh_ptr, out_ptr, n_rows, n_in, n_hidden,
                           rank, stride_basem, stride_baseb, stride_baseh, stride_xm, stride_xb, stride_xi,
                           stride_hm, stride_hb, stride_hh, stride_fih, stride_fhh, stride_om, stride_ob, stride_oh,
-                          sigma, k0, k1, step, stream_bih, stream_bhh,
+                          sigma, k0, k1, step, stream_bih, stream_bhh, first_member, first_id,
                           HAS_H: tl.constexpr, HAS_BIH: tl.constexpr, HAS_BHH: tl.constexpr,
                           BASELINE: tl.constexpr, ANTITHETIC: tl.constexpr, ACTIVATION: tl.constexpr,
                           EXACT_FP32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr,
                           BLOCK_IN: tl.constexpr, BLOCK_H: tl.constexpr, RANK_TILE: tl.constexpr):
-    m, offs_b, mask_b, _, _, noise_id, sign = member_tile(tl.program_id(0), n_rows, 1, BASELINE, ANTITHETIC,
-                                                          BLOCK_B, 1)
+    m, offs_b, mask_b, _, _, noise_id, sign = member_tile(tl.program_id(0), first_member, n_rows, 1, BASELINE,
+                                                          ANTITHETIC, BLOCK_B, 1)
     t_ih = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     t_hh = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     scale = sign.to(t_ih.dtype) * sigma
     factor_scale = scale / tl.sqrt(tl.to_tensor(rank).to(t_ih.dtype))
-    a_ih = fih_ptr + noise_id.to(tl.int64) * stride_fih  # this member's factors: A, then B
-    a_hh = fhh_ptr + noise_id.to(tl.int64) * stride_fhh
+    a_ih = fih_ptr + (noise_id.to(tl.int64) - first_id) * stride_fih  # this member's factors: A, then B
+    a_hh = fhh_ptr + (noise_id.to(tl.int64) - first_id) * stride_fhh
     t_ih = low_rank_project(t_ih, x_ptr + m.to(tl.int64) * stride_xm, stride_xb, stride_xi, offs_b, mask_b, n_in,
                             a_ih + n_hidden * rank, rank, BLOCK_IN, EXACT_FP32)
     t_ih = t_ih * factor_scale
@@ -88,7 +88,7 @@ def _step_outputs(out: torch.Tensor, steps: int, return_sequence: bool):
 def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.Tensor, weight_hh: torch.Tensor,
                   bias_ih: Optional[torch.Tensor], bias_hh: Optional[torch.Tensor], seed: int, step: int,
                   streams: List[int], sigma: float, num_members: int, rank: int, baseline: bool, antithetic: bool,
-                  nonlinearity: str, return_sequence: bool) -> torch.Tensor:
+                  nonlinearity: str, return_sequence: bool, first_member: int = 0) -> torch.Tensor:
     dtype = weight_hh.dtype
     hidden, n_in = weight_ih.shape
     x = x.to(dtype)
@@ -108,7 +108,7 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
     bih = bias_ih if bias_ih is not None else weight_hh
     bhh = bias_hh if bias_hh is not None else weight_hh
     if rank:  # every id's factors once for the whole sequence
-        f_ih, f_hh = (low_rank_factors(w, seed, step, stream, rank, num_members, baseline, antithetic)
+        f_ih, f_hh = (low_rank_factors(w, seed, step, stream, rank, num_members, baseline, antithetic, first_member)
                       for w, stream in ((weight_ih, streams[0]), (weight_hh, streams[1])))
     for t, h_new in enumerate(_step_outputs(out, steps, return_sequence)):
         x_t = x.select(-2, t)
@@ -118,7 +118,8 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
             _full_rank_step_kernel[grid](
                 x_t, h_arg, weight_ih, weight_hh, bih, bhh, h_new, batch, n_in, hidden, *member_strides(x_t, 2),
                 *member_strides(h_arg, 2), *weight_ih.stride(), *weight_hh.stride(), *h_new.stride(), sigma, k0, k1,
-                step32, *streams, HAS_H=h is not None, ALIGNED_IH=n_in % 4 == 0, ALIGNED_HH=hidden % 4 == 0, **has)
+                step32, *streams, first_member, HAS_H=h is not None, ALIGNED_IH=n_in % 4 == 0,
+                ALIGNED_HH=hidden % 4 == 0, **has)
         else:
             base = torch.matmul(x_t, weight_ih.t())
             if h is not None:
@@ -127,7 +128,8 @@ def perturbed_rnn(x: torch.Tensor, h0: Optional[torch.Tensor], weight_ih: torch.
             _low_rank_step_kernel[grid](
                 base, x_t, h_arg, f_ih, f_hh, bih, bhh, h_new, batch, n_in, hidden, rank, *member_strides(base, 2),
                 *member_strides(x_t, 2), *member_strides(h_arg, 2), f_ih.stride(0), f_hh.stride(0), *h_new.stride(),
-                sigma, k0, k1, step32, *streams[2:], HAS_H=h is not None, RANK_TILE=tile_size(rank, cap=1 << 30),
+                sigma, k0, k1, step32, *streams[2:], first_member, first_noise_id(first_member, baseline, antithetic),
+                HAS_H=h is not None, RANK_TILE=tile_size(rank, cap=1 << 30),
                 **has)
         h = h_new
     return out
