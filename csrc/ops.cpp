@@ -1,11 +1,7 @@
 // The argument checks every device of the dopamine_fast_C ops shares. The ops' schemas are not here: Python
 // defines them from dopamine_fast/ops/specs.py (dopamine_fast/backends/native.py), and the kernels in csrc/cpu and
 // csrc/cuda register implementations only; the dispatcher checks each kernel's C++ signature against the schema.
-#ifdef TORCH_EXTENSION_NAME
-#include <torch/extension.h>
-#else
 #include <torch/library.h>
-#endif
 
 #include <ATen/MemoryOverlap.h>
 
@@ -172,9 +168,3 @@ int64_t noise_numel(c10::IntArrayRef shape, int64_t rank) {
 }
 
 }  // namespace dopamine_fast
-
-#ifdef TORCH_EXTENSION_NAME
-// Importing dopamine_fast._C loads the kernels' registrations (TORCH_LIBRARY_IMPL in csrc/cpu, csrc/cuda); the
-// module itself is empty.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
-#endif
