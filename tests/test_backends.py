@@ -185,9 +185,12 @@ def test_each_op_is_specified_once_and_both_namespaces_share_its_schema():
         if native.load_error() is None:
             compiled = getattr(torch.ops.dopamine_fast_C, name).default._schema
             assert str(compiled) == "dopamine_fast_C::" + name + spec.schema
-    # C++ registers kernels only: a schema written there again could drift from the spec.
+    # C++ registers kernels only: a schema written there again could drift from the spec. (The C++ tests define
+    # the ops from the spec itself: the build writes its schemas into their op_schemas.inc.)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for folder, _, files in os.walk(os.path.join(root, "csrc")):
+        if os.path.relpath(folder, root) == os.path.join("csrc", "tests"):
+            continue
         for file in files:
             with open(os.path.join(folder, file)) as f:
                 assert "TORCH_LIBRARY(" not in f.read(), file
