@@ -1,14 +1,10 @@
-// What every device of the dopamine_fast_C ops shares: the activation names, and the Python module. The ops'
-// schemas are not here: Python defines them from dopamine_fast/ops/specs.py (dopamine_fast/backends/native.py),
+// What every device of the dopamine_fast_C ops shares: the activation names (the Python module is in
+// python_module.cpp). The ops' schemas are not here: Python defines them from dopamine_fast/ops/specs.py (native.py),
 // and the kernels in csrc/cpu and csrc/cuda register implementations only; the dispatcher checks each kernel's C++
 // signature against the schema. The arguments are checked once, in Python, by the public op
 // torch.ops.dopamine_fast.<op> (dopamine_fast/ops/validation.py): the kernels assume valid arguments, so a direct
 // call of torch.ops.dopamine_fast_C.<op> is unchecked.
-#ifdef TORCH_EXTENSION_NAME
-#include <torch/extension.h>
-#else
 #include <torch/library.h>
-#endif
 
 #include <string>
 
@@ -25,9 +21,3 @@ Activation parse_activation(const std::string& name, bool allowed_rnn) {
 }
 
 }  // namespace dopamine_fast
-
-#ifdef TORCH_EXTENSION_NAME
-// Importing dopamine_fast._C loads the kernels' registrations (TORCH_LIBRARY_IMPL in csrc/cpu, csrc/cuda); the
-// module itself is empty.
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
-#endif

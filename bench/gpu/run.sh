@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU session script (issue 11): in one call of at most ~8 minutes on a GPU machine with no
 # network (torch + CUDA, Triton, nvcc, pytest, ninja preinstalled; no venv), it
-#   1. builds dopamine_fast._C in place with every core, for the GPU present (setup.py's default),
+#   1. builds dopamine_fast._C in place with every core, for the GPU present (CMakeLists.txt's default),
 #   2. runs the CUDA and Triton tests (pytest -k "cuda or triton"),
 #   3. runs the benchmarks on the GPU, most telling first, each under its own timeout and --budget-s:
 #      the sigma=1e-5 full-rank precision check, populations (MLP 3x1024 K=4096 B=32 vs the cuBLAS floor, loop,
@@ -77,14 +77,15 @@ log "== environment (device $DEVICE, budget ${BUDGET}s, python $PYTHON)"
   "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
   "$PYTHON" -c "import triton; print('triton', triton.__version__)" 2>&1 || echo "triton not importable"
   nvcc --version 2>&1 | tail -1
+  cmake --version 2>&1 | head -1   # setup.py builds with CMake (3.21 or newer) and Ninja
   echo "cores $(nproc)"
 } 2>&1 | tee -a "$LOG"
 
-# The CUDA toolkit is setup.py's to find (_find_cuda_home); its build output (build.txt) and the backends step
-# below say which one it used.
+# The CUDA toolkit and the targets are CMakeLists.txt's to find (CUDA_HOME, else the toolkit behind nvcc, else
+# /usr/local/cuda*; the GPU present); its build output (build.txt) and the backends step below say what it used.
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET DOPAMINE_FAST_BACKEND DOPAMINE_FAST_NO_NATIVE
-log "CUDA_HOME=${CUDA_HOME:-<setup.py finds it>} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default: this GPU>} MAX_JOBS=$MAX_JOBS"
+log "CUDA_HOME=${CUDA_HOME:-<CMake finds it>} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<CMake default: this GPU>} MAX_JOBS=$MAX_JOBS"
 
 if [ "${RUN_BUILD:-1}" = 0 ]; then
   log "== build: skipped (RUN_BUILD=0), using the module already built"
@@ -97,7 +98,7 @@ else
   step build 240 "$OUT/build.txt" "$PYTHON" setup.py build_ext --force --build-temp "$WORK/build-temp" \
     --build-lib "$WORK/build-lib"
 fi
-# What was built (setup.py's record: CUDA targets and toolkit) and which backend each op runs on, with the reasons.
+# What was built (the build record: CUDA targets and toolkit) and which backend each op runs on, with the reasons.
 step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, json; print('built:', df.backends.native.build_summary()); print(json.dumps(df.backend_info(explain=True), indent=1))"
 
 if [ "${RUN_TESTS:-1}" = 0 ]; then

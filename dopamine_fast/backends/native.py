@@ -79,7 +79,7 @@ def status(op: str, dispatch_key: str) -> Optional[str]:
 
 
 def _build_record() -> Optional[ModuleType]:
-    """What setup.py recorded beside the module when it built it (``dopamine_fast/_build_config.py``), or None."""
+    """What the build (CMakeLists.txt) recorded beside the module (``dopamine_fast/_build_config.py``), or None."""
     try:
         return importlib.import_module("dopamine_fast._build_config")
     except ImportError:
@@ -87,7 +87,7 @@ def _build_record() -> Optional[ModuleType]:
 
 
 def built_cuda_arch_list() -> Optional[str]:
-    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (setup.py records it), or None if unknown."""
+    """The TORCH_CUDA_ARCH_LIST the CUDA kernels were compiled for (the build records it), or None if unknown."""
     record = _build_record()
     return None if record is None else record.CUDA_ARCH_LIST
 
@@ -99,7 +99,7 @@ def build_summary() -> str:
     if record is None:
         return "no record of a native build (dopamine_fast/_build_config.py is missing)"
     if not record.CUDA_ARCH_LIST:
-        return "CPU kernels only (no CUDA kernels built)"
+        return f"CPU kernels only (no CUDA kernels: {getattr(record, 'NO_CUDA_REASON', None) or 'not built'})"
     return f"CUDA kernels for {record.CUDA_ARCH_LIST}, toolkit {getattr(record, 'CUDA_HOME', None)}"
 
 
