@@ -16,6 +16,7 @@ struct Case {
   bool baseline, antithetic, bias, per_member_x;
   const char* activation;
   at::ScalarType dtype;
+  int64_t first_member;  // members first_member .. first_member + members - 1 (0 when left out)
 };
 
 void check_case(const Case& k) {
@@ -28,14 +29,15 @@ void check_case(const Case& k) {
   const std::optional<at::Tensor> b = k.bias ? std::optional<at::Tensor>(at::randn({k.out}, opts)) : std::nullopt;
   const at::Tensor y = df_test::op<dopamine_fast::PerturbedLinearKernel>("perturbed_linear")
                            .call(x, w, b, wc.seed, wc.step, wc.stream, bc.stream, sigma, k.members, k.rank,
-                                 k.baseline, k.antithetic, k.activation);
+                                 k.baseline, k.antithetic, k.activation, k.first_member);
   DF_CHECK(y.sizes() == at::IntArrayRef({k.members, k.batch, k.out})) << "shape " << y.sizes();
   DF_CHECK(y.scalar_type() == k.dtype) << "dtype " << y.scalar_type();
   const auto xs = df_test::values(x), ws = df_test::values(w), got = df_test::values(y);
   const auto bs = k.bias ? df_test::values(*b) : std::vector<double>(k.out, 0.0);
   for (int64_t m = 0; m < k.members; ++m) {
-    const auto wm = df_test::member_param(ws, wc, m, k.baseline, k.antithetic, sigma, k.out, k.in, k.rank);
-    const auto bm = k.bias ? df_test::member_param(bs, bc, m, k.baseline, k.antithetic, sigma, k.out, 0, 0) : bs;
+    const int64_t g = k.first_member + m;  // the member's number in the whole evaluation
+    const auto wm = df_test::member_param(ws, wc, g, k.baseline, k.antithetic, sigma, k.out, k.in, k.rank);
+    const auto bm = k.bias ? df_test::member_param(bs, bc, g, k.baseline, k.antithetic, sigma, k.out, 0, 0) : bs;
     const double* xm = xs.data() + (k.per_member_x ? m * k.batch * k.in : 0);
     for (int64_t r = 0; r < k.batch; ++r) {
       for (int64_t o = 0; o < k.out; ++o) {
@@ -62,4 +64,9 @@ DF_TEST(perturbed_linear, low_rank) {
   check_case({5, 3, 13, 7, 2, true, true, true, false, "relu", at::kFloat});
   check_case({6, 2, 17, 3, 1, false, true, true, true, "none", at::kDouble});
   check_case({3, 5, 4, 9, 3, true, false, false, false, "tanh", at::kFloat});
+}
+
+DF_TEST(perturbed_linear, member_range) {  // a range starting inside an antithetic pair, full and low rank
+  check_case({4, 3, 13, 7, 0, true, true, true, false, "tanh", at::kFloat, 2});
+  check_case({5, 2, 9, 6, 2, true, true, true, false, "none", at::kDouble, 5});
 }

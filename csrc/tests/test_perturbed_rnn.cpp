@@ -18,6 +18,7 @@ struct Case {
   bool baseline, antithetic, biases, h0, return_sequence;
   const char* nonlinearity;
   at::ScalarType dtype;
+  int64_t first_member;  // members first_member .. first_member + members - 1 (0 when left out)
 };
 
 void check_case(const Case& k) {
@@ -37,7 +38,7 @@ void check_case(const Case& k) {
   const auto b_ih = maybe(k.biases, {k.hidden}), b_hh = maybe(k.biases, {k.hidden});
   const at::Tensor y = df_test::op<dopamine_fast::PerturbedRnnKernel>("perturbed_rnn")
                            .call(x, h0, w_ih, w_hh, b_ih, b_hh, seed, step, streams, sigma, k.members, k.rank,
-                                 k.baseline, k.antithetic, k.nonlinearity, k.return_sequence);
+                                 k.baseline, k.antithetic, k.nonlinearity, k.return_sequence, k.first_member);
   const int64_t H = k.hidden;
   const auto xs = df_test::values(x), wih = df_test::values(w_ih), whh = df_test::values(w_hh);
   const auto h0s = k.h0 ? df_test::values(*h0) : std::vector<double>(k.members * k.batch * H, 0.0);
@@ -49,7 +50,7 @@ void check_case(const Case& k) {
   for (int64_t m = 0; m < k.members; ++m) {
     const auto member = [&](const std::vector<double>& w, const df_test::Counter& c, int64_t out, int64_t in,
                             int64_t rank) {
-      return df_test::member_param(w, c, m, k.baseline, k.antithetic, sigma, out, in, rank);
+      return df_test::member_param(w, c, k.first_member + m, k.baseline, k.antithetic, sigma, out, in, rank);
     };
     const auto wi = member(wih, c_ih, H, k.in, k.rank), wh = member(whh, c_hh, H, H, k.rank);
     const auto bi = k.biases ? member(bih, c_bih, H, 0, 0) : zeros, bh = k.biases ? member(bhh, c_bhh, H, 0, 0) : zeros;
@@ -86,4 +87,9 @@ DF_TEST(perturbed_rnn, full_rank) {
 DF_TEST(perturbed_rnn, low_rank) {
   check_case({5, 2, 3, 6, 5, 2, true, true, true, false, false, "tanh", at::kFloat});
   check_case({4, 3, 5, 2, 9, 1, false, true, false, true, true, "relu", at::kDouble});
+}
+
+DF_TEST(perturbed_rnn, member_range) {  // a range starting inside an antithetic pair, full and low rank
+  check_case({3, 2, 4, 3, 5, 0, true, true, true, true, false, "tanh", at::kFloat, 2});
+  check_case({4, 2, 3, 4, 6, 2, true, true, true, false, true, "tanh", at::kDouble, 3});
 }
