@@ -57,7 +57,7 @@ class PerturbationOptimizer(Optimizer):
     """
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
-                 on_divergence: str = "warn", process_group=None):
+                 on_divergence: str = "restore", process_group=None):
         _check_options(num_perturbations, antithetic, seed, on_divergence)
         super().__init__(params, defaults)
         self.state[GLOBAL_STATE] = {"optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "seed": seed,
