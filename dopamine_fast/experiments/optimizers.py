@@ -17,7 +17,7 @@ import dopamine_fast
 
 PERTURBATION = ("wp", "dopamine", "dopamine_fixed", "dopamine2")
 GRADIENT = ("sgd", "adam")
-OPTIMIZERS = PERTURBATION + GRADIENT + ("pgpe",)
+OPTIMIZERS = PERTURBATION + GRADIENT + ("adam_pg", "pgpe")
 
 DESCRIPTIONS = {
     "wp": "weight perturbation, fixed learning rate",
@@ -26,6 +26,7 @@ DESCRIPTIONS = {
     "dopamine2": "the third-party 'Dopamine-2' preset (one perturbation, paper's coefficients)",
     "sgd": "SGD with back-propagation (through time for RNNs)",
     "adam": "Adam with back-propagation (through time for RNNs)",
+    "adam_pg": "Adam on the perturbation estimate (PerturbationGradient), as OpenAI's evolution strategies",
     "pgpe": "EvoTorch PGPE on the flattened parameters (needs evotorch)",
 }
 
@@ -42,6 +43,7 @@ HPARAMS: Dict[str, Dict[str, dict]] = {
         "dopamine2": dict(),
         "sgd": dict(lr=1.0),
         "adam": dict(lr=0.05),
+        "adam_pg": dict(lr=0.05, sigma=0.1, num_perturbations=8, antithetic=True),
         "pgpe": dict(popsize=8, center_lr=0.1, stdev_init=0.3),
     },
     "chaotic": {
@@ -54,6 +56,7 @@ HPARAMS: Dict[str, Dict[str, dict]] = {
         "dopamine2": dict(spectral_radius=1.0),
         "sgd": dict(lr=0.1, clip=1.0),
         "adam": dict(lr=3e-3, clip=1.0),
+        "adam_pg": dict(lr=3e-3, sigma=1e-3, num_perturbations=16, antithetic=True),
         "pgpe": dict(popsize=16, center_lr=0.01, stdev_init=0.01),
     },
 }
@@ -121,6 +124,21 @@ def _perturbation_stepper(name, model, task, hp, seed) -> Stepper:
     return Stepper(step, opt.evaluations_per_step, lambda: float(opt.current_lr))
 
 
+def _adam_on_estimate_stepper(model, hp, seed) -> Stepper:
+    hp = dict(hp)
+    adam = torch.optim.Adam(model.parameters(), lr=hp.pop("lr"))
+    estimator = dopamine_fast.PerturbationGradient(model.parameters(), seed=seed, **hp)
+    population = dopamine_fast.Population(model, loss="mse")
+
+    def step(x, y):
+        with torch.no_grad():
+            loss = estimator.step(population=population, inputs=x, targets=y)
+        adam.step()
+        return float(loss)
+
+    return Stepper(step, estimator.evaluations_per_step, lambda: float(adam.param_groups[0]["lr"]))
+
+
 def _gradient_stepper(name, model, task, hp) -> Stepper:
     hp = dict(hp)
     clip = hp.pop("clip", None)
@@ -146,5 +164,7 @@ def build_stepper(name: str, model: torch.nn.Module, task, hp: dict, seed: int) 
         return _perturbation_stepper(name, model, task, hp, seed)
     if name in GRADIENT:
         return _gradient_stepper(name, model, task, hp)
+    if name == "adam_pg":
+        return _adam_on_estimate_stepper(model, hp, seed)
     from .pgpe import pgpe_stepper
     return pgpe_stepper(model, task, hp)
