@@ -24,9 +24,14 @@ def ema(values, beta=0.95):
 
 
 def assert_no_late_rise(losses):
+    """The training loss's EMA at the end within 1.5x of its minimum. Below 1e-5 of the first loss (XOR's MSE near
+    1e-6) the loss jitters at the floor of float32 finite differences at sigma 0.05 (1e-6 to 1e-5 on 2-4-1 XOR,
+    measured), so the comparison is made above that floor."""
     smooth = ema(losses)
     assert all(math.isfinite(v) for v in losses)
-    assert smooth[-1] <= 1.5 * min(smooth), f"the loss rose late: EMA {smooth[-1]:.3g} vs its minimum {min(smooth):.3g}"
+    floor = 1e-5 * smooth[0]
+    assert smooth[-1] <= 1.5 * min(smooth) + floor, (
+        f"the loss rose late: EMA {smooth[-1]:.3g} vs its minimum {min(smooth):.3g}")
     assert smooth[-1] < 0.2 * smooth[0]
 
 
