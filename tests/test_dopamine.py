@@ -10,6 +10,7 @@ import torch
 
 import dopamine_fast as df
 from dopamine_fast.ops import noise_reference
+from dopamine_fast.optim import dopamine_rules
 
 XOR_X = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 XOR_Y = torch.tensor([[-1.0], [1.0], [1.0], [-1.0]])
@@ -45,6 +46,45 @@ def test_relative_step_moves_zero_initialised_tensors():
     assert 0 < float(w.detach().abs().max()) < 1e-2
 
 
+def test_rpes_are_scaled_by_a_reference_level_frozen_after_the_warm_up():
+    state = dopamine_rules.initial_state()
+    z = [dopamine_rules.scaled_rpes(state, torch.tensor([c, -c], dtype=torch.float64), 0.0)
+         for c in (0.5, 0.05, 0.005, 50.0, 5.0)]
+    # At the reference level z has RMS 1; below it z shrinks with the RPEs (the step becomes proportional to the
+    # WP estimate); above it z is normalised again (bounded), and the reference rises to the new level.
+    assert [float(v[0]) for v in z] == pytest.approx([1.0, 0.1, 0.01, 1.0, 0.1])
+    assert state["rpe_ref"] == pytest.approx(50.0)
+    for _ in range(dopamine_rules.REFERENCE_STEPS):
+        dopamine_rules.scaled_rpes(state, torch.tensor([5.0, -5.0], dtype=torch.float64), 0.0)
+    spike = dopamine_rules.scaled_rpes(state, torch.tensor([500.0, -500.0], dtype=torch.float64), 0.0)
+    # After the warm-up the reference is frozen: a spike is bounded (normalised) but does not slow later steps.
+    assert float(spike[0]) == pytest.approx(1.0) and state["rpe_ref"] == pytest.approx(50.0)
+
+
+def step_size(opt, w, losses):
+    before = w.detach().clone()
+    opt.step_from_losses(torch.tensor(losses, dtype=torch.float64))
+    return float((w.detach() - before).norm())
+
+
+def test_the_step_anneals_as_the_rpes_shrink():
+    w = torch.nn.Parameter(torch.ones(400, dtype=torch.float64))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, adaptive=False, beta_rpe=0.0)
+    first = step_size(opt, w, [1.0, 1.5, 0.5])
+    late = step_size(opt, w, [1.0, 1.05, 0.95])  # RPEs 10x below the first: a 10x smaller step
+    assert late / first == pytest.approx(0.1, rel=0.2)
+
+
+def test_the_step_scale_is_measured_once_not_from_growing_weights():
+    w = torch.nn.Parameter(torch.full((400,), 0.5, dtype=torch.float64))
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, adaptive=False, beta_rpe=0.0)
+    a = step_size(opt, w, [1.0, 1.5, 0.5])
+    assert opt.state[w]["step_scale"] == pytest.approx(0.5, rel=0.05)  # the RMS before the first step
+    w.data.mul_(100.0)  # the weights grew: the step does not
+    b = step_size(opt, w, [1.0, 1.5, 0.5])
+    assert opt.state[w]["step_scale"] == pytest.approx(0.5, rel=0.05) and b == pytest.approx(a, rel=0.2)
+
+
 def test_scaling_the_loss_leaves_the_trajectory_unchanged():
     def run(scale):
         model = xor_model(3, hidden=4, dtype=torch.float64)
@@ -63,7 +103,7 @@ def test_scaling_the_loss_leaves_the_trajectory_unchanged():
 
 def test_a_rising_loss_only_lowers_the_gain():
     w = torch.nn.Parameter(torch.zeros(4))
-    opt = df.Dopamine([w], num_perturbations=2, antithetic=False)
+    opt = df.Dopamine([w], num_perturbations=2, antithetic=False, on_divergence="warn")
     gains = []
     for t in range(40):
         base = 1.0 * 1.5 ** t  # the loss keeps rising, and its RPEs with it
@@ -142,7 +182,7 @@ def test_state_dict_round_trip_continues_the_signals():
 
 @pytest.mark.parametrize("entry,value,match", [
     ("log_gain", float("nan"), "log_gain"), ("rpe_sq", -1.0, "rpe_sq"), ("log_gain", 5.0, "log_gain"),
-    ("rpe_count", 1.5, "rpe_count"),
+    ("rpe_count", 1.5, "rpe_count"), ("rpe_ref", -1.0, "rpe_ref"), ("rpe_ref", float("inf"), "rpe_ref"),
 ])
 def test_load_refuses_a_corrupt_signal_state(entry, value, match):
     model = xor_model(0)
@@ -158,6 +198,22 @@ def test_load_refuses_a_corrupt_signal_state(entry, value, match):
     bad_options["state"]["global"]["dopamine"]["options"]["beta_rpe"] = 1.5
     with pytest.raises(ValueError, match="beta_rpe"):
         fresh.load_state_dict(bad_options)
+
+
+def test_load_refuses_a_bad_step_scale_and_a_state_of_the_earlier_rule():
+    model = xor_model(0)
+    opt = df.Dopamine(model.parameters())
+    opt.step(lambda: ((model(XOR_X) - XOR_Y) ** 2).mean())
+    fresh = df.Dopamine(model.parameters())
+    bad = copy.deepcopy(opt.state_dict())
+    bad["state"][0]["step_scale"] = 0.0
+    with pytest.raises(ValueError, match="step_scale of parameter 0"):
+        fresh.load_state_dict(bad)
+    old = copy.deepcopy(opt.state_dict())
+    del old["state"]["global"]["dopamine"]["rpe_ref"]  # saved before the reference level existed
+    with pytest.raises(ValueError, match="earlier Dopamine"):
+        fresh.load_state_dict(old)
+    assert fresh.state["global"]["step"] == 0 and not fresh.state[next(model.parameters())]
 
 
 def test_dopamine2_preset_is_the_third_party_rule():
@@ -191,12 +247,29 @@ def diverging(opt, w, steps=12):
 @pytest.mark.parametrize("cls", [df.Dopamine, df.WeightPerturbation])
 def test_divergence_guard_warns_once_naming_lr(cls):
     w = torch.nn.Parameter(torch.zeros(3))
-    opt = cls([w], num_perturbations=2, antithetic=False)
+    opt = cls([w], num_perturbations=2, antithetic=False, on_divergence="warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         diverging(opt, w, steps=20)
     messages = [str(c.message) for c in caught if "best seen" in str(c.message)]
     assert len(messages) == 1 and "lower lr" in messages[0]
+
+
+@pytest.mark.parametrize("cls", [df.Dopamine, df.WeightPerturbation, df.Dopamine2])
+def test_divergence_guard_restores_by_default(cls):
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = cls([w], num_perturbations=2, antithetic=False)
+    lr = opt.param_groups[0]["lr"]
+    with pytest.warns(RuntimeWarning, match="restored the best weights and halved lr"):
+        diverging(opt, w, steps=20)
+    assert opt.state["global"]["on_divergence"] == "restore" and opt.param_groups[0]["lr"] < lr
+
+
+def test_perturbation_gradient_guard_only_warns():
+    """It applies no step, so it cannot restore or halve a rate: the optimizer after it owns those."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    est = df.PerturbationGradient([w], num_perturbations=2, antithetic=False)
+    assert est.state["global"]["on_divergence"] == "warn"
 
 
 def test_divergence_guard_raises_without_updating():

@@ -7,8 +7,9 @@ row, it acts before the step's update (the second condition keeps the jitter of 
 
 - ``"warn"``: one warning naming the learning rate to lower; training goes on.
 - ``"raise"``: ``DivergenceError``; the weights are those of the step that saw it, not updated.
-- ``"restore"``: back to the best weights seen (kept in ``optimizer.state[p]["best_weights"]``, one O(P) copy),
-  every group's ``lr`` halved, a warning; the diverged step is not applied.
+- ``"restore"`` (the default; ``PerturbationGradient``, which changes no weight, warns): back to the best weights
+  seen (kept in ``optimizer.state[p]["best_weights"]``, one O(P) copy), every group's ``lr`` halved, a warning;
+  the diverged step is not applied.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Dopamine optimizer: weight perturbation steered by reward-prediction errors, stable and scale-free."""
+"""The Dopamine optimizer: weight perturbation steered by reward-prediction errors, stable, convergent, scale-free."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ class Dopamine(PerturbationOptimizer):
         for t = 0, 1, ...:
             L_t = L(w);  delta_j = L(w + sigma eps_j) - L(w)   (antithetic: (L(w+sigma eps_j) - L(w-sigma eps_j)) / 2)
             v_t = beta_rpe v_{t-1} + (1 - beta_rpe) mean_j delta_j^2;   s_t = sqrt(v_t / (1 - beta_rpe^(t+1)))
-            z_j = delta_j / s_t                                 (phasic RPEs in units of the tonic level s_t)
+            s_ref = max(s_ref, s_t) while t < 10, then frozen  (the reference RPE level: the early, largest one)
+            z_j = delta_j / max(s_ref, s_t)                     (phasic RPEs against the reference level)
             if adaptive and t > 0:                              (temporal RPE of the unperturbed loss)
                 r_t = (l_{t-1} + b_{t-1}) - L_t                 (predicted by level l and trend b, Holt)
                 q_t = beta_loss q_{t-1} + (1 - beta_loss) r_t^2;  rho_t = max(sqrt(q_t / (1 - beta_loss^t)),
@@ -38,27 +39,33 @@ class Dopamine(PerturbationOptimizer):
                 log a_t = clamp(0.95 log a_{t-1} + gain_rate tanh(r_t / rho_t), log gain_min, log gain_max)
                 l_t = beta_loss (l_{t-1} + b_{t-1}) + (1 - beta_loss) L_t;  b_t = beta_loss b_{t-1}
                       + (1 - beta_loss) (l_t - l_{t-1})                                       (l_0 = L_0, b_0 = 0)
-            u = sqrt(n) mean_j z_j eps_j                        (n noise ids; each coordinate of order 1)
+            u = sqrt(n) mean_j z_j eps_j                        (n noise ids; coordinates of order 1 at most)
             u <- u * min(1, max_grad_norm / ||u||)              (only with max_grad_norm, per group)
-            w <- w - eta a_t r(w) u                             (r(w) = max(RMS(w), 1e-3) per tensor; 1 if not relative)
+            w_p <- w_p - eta a_t r_p u_p                        (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
+                                                                 once, at its first step; r_p = 1 if not relative)
 
-    In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the RPE-driven rate
-    ``eta_t = eta a_t r(w) sigma sqrt(n) / s_t``: RPEs large against the tonic level move the weights more, and the
-    gain ``a_t`` rises while the loss beats its own prediction and falls while it misses it (slowing progress
-    lowers it, which anneals the step on noisy minibatches). Both signals are divided by their running scale, so
-    multiplying the loss by c > 0 leaves the trajectory unchanged, and a rising loss can only lower ``a_t``: there
-    is no positive feedback. ``a_0 = 1``, so the first step uses ``lr`` as given; ``group["lr"]`` stays the user's
-    base rate, which ``a_t`` multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes
-    ``a_t = 1`` (the ablation). ``Dopamine.preset("dopamine2", params)`` is the third-party "Dopamine-2" form
-    (``Dopamine2``).
+    In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the rate
+    ``eta_t = eta a_t r_p sigma sqrt(n) / max(s_ref, s_t)``. While the member RPEs are at their early level or
+    above, the step is normalised (bounded, about ``eta a_t r_p`` per coordinate); as the fit improves and the RPEs
+    fall below that level, the rate is fixed and the step shrinks in proportion to the estimate, as WP's does, so
+    the rule converges instead of jittering at a constant step size. Nothing reads the weights' current size:
+    ``r_p`` is measured once, so growing weights cannot grow the step. The gain ``a_t`` rises while the loss beats
+    its own prediction and falls while it misses it (slowing progress lowers it, which anneals the step on noisy
+    minibatches). Both signals are divided by their own scale, so multiplying the loss by c > 0 leaves the
+    trajectory unchanged, and a rising loss can only lower ``a_t``: there is no positive feedback, through the
+    loss or through the weights. ``a_0 = 1`` and ``z`` has RMS 1 at the first step, so the first step moves each
+    tensor by ``lr`` times its RMS per coordinate; ``group["lr"]`` stays the user's base rate, which ``a_t``
+    multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes ``a_t = 1`` (the ablation).
+    ``Dopamine.preset("dopamine2", params)`` is the third-party "Dopamine-2" form (``Dopamine2``).
 
-    ``lr`` is the step per coordinate relative to each tensor's RMS (Adafactor's relative step), so one value
-    serves small MLPs and wide RNNs: about 0.02-0.2. The signals' state lives in ``state["global"]["dopamine"]``
-    and round-trips through ``state_dict``.
+    One set of defaults serves every task measured (docs/algorithm.md): XOR MLPs 2-2-1 to 2-16-1 in 0/1 and
+    +-1 coding, two moons, 64-512-unit RNNs on chaotic series (there with ``sigma=1e-3``, as their small weights
+    need). The signals' state lives in ``state["global"]["dopamine"]``, each tensor's ``r_p`` in
+    ``state[p]["step_scale"]``; both round-trip through ``state_dict``.
 
     Args:
         params: parameters or parameter groups (groups may set ``lr``, ``sigma``, ``rank``, ``max_grad_norm``).
-        lr: base learning rate eta (>= 0), the step per coordinate (relative to the tensor's RMS) when ``a_t = 1``.
+        lr: base learning rate eta (>= 0): the first step per coordinate, relative to the tensor's initial RMS.
         sigma: perturbation scale (> 0).
         num_perturbations: K (>= 1; even when antithetic).
         antithetic: evaluate pairs ``+eps, -eps``.
@@ -68,19 +75,20 @@ class Dopamine(PerturbationOptimizer):
         beta_loss: smoothing of the loss prediction and of its error's scale, in [0, 1).
         gain_rate: largest change of ``log a_t`` per step (>= 0).
         gain_min, gain_max: bounds of the gain (0 < gain_min <= 1 <= gain_max).
-        relative: size each tensor's step by its RMS (False: ``lr`` is an absolute step per coordinate).
+        relative: size each tensor's step by its initial RMS (False: ``lr`` is an absolute step per coordinate).
         seed: noise seed in [0, 2**63).
         max_grad_norm: clip each group's update direction ``u`` to this norm (None: no clipping).
-        on_divergence: "warn", "raise" or "restore" when the loss stays far above the best seen.
+        on_divergence: "restore" (the default: best weights back, lr halved, a warning), "warn" or "raise" when
+            the loss stays far above the best seen.
         process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
             ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
     """
 
-    def __init__(self, params, lr: float = 0.05, sigma: float = 0.05, num_perturbations: int = 16,
+    def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, adaptive: bool = True, beta_rpe: float = 0.9,
                  beta_loss: float = 0.9, gain_rate: float = 0.1, gain_min: float = 0.25, gain_max: float = 4.0,
                  relative: bool = True, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: str = "warn", process_group=None):
+                 on_divergence: str = "restore", process_group=None):
         options = dict(adaptive=adaptive, beta_rpe=beta_rpe, beta_loss=beta_loss, gain_rate=gain_rate,
                        gain_min=gain_min, gain_max=gain_max)
         check_signal_options(options)
@@ -112,8 +120,18 @@ class Dopamine(PerturbationOptimizer):
         if not isinstance(group.get("relative"), bool):
             raise ValueError(f"relative must be True or False, got {group.get('relative')!r}")
 
+    def _check_state_dict(self, state_dict) -> None:
+        super()._check_state_dict(state_dict)
+        for key, entry in state_dict["state"].items():
+            if key != GLOBAL_STATE and isinstance(entry, dict) and "step_scale" in entry:
+                check_number(f"step_scale of parameter {key}", entry["step_scale"], low=0, low_open=True)
+
     def _check_global_state(self, saved: dict) -> None:
         signals = saved["dopamine"]
+        if isinstance(signals, dict) and "rpe_sq" in signals and "rpe_ref" not in signals:
+            raise ValueError("the state was saved by an earlier Dopamine (before issue 18), whose step followed the "
+                             "weights' current size and never annealed; this rule cannot continue it: load the "
+                             "model's weights and start a fresh optimizer")
         if (not isinstance(signals, dict) or set(signals) != {"options", *dopamine_rules.initial_state()}
                 or not isinstance(signals["options"], dict) or set(signals["options"]) != set(SIGNAL_OPTIONS)):
             raise ValueError(f"the state's 'dopamine' entry must hold the options {SIGNAL_OPTIONS} and the signals "
@@ -125,15 +143,23 @@ class Dopamine(PerturbationOptimizer):
         signals = self.state[GLOBAL_STATE]["dopamine"]
         options = signals["options"]
         delta = reward_prediction_errors(losses, plan.antithetic)
-        z = dopamine_rules.normalised_rpes(signals, delta, options["beta_rpe"])
+        z = dopamine_rules.scaled_rpes(signals, delta, options["beta_rpe"])
         gain = 1.0
         if options["adaptive"]:
             gain = dopamine_rules.tonic_gain(signals, float(losses[0]), options["beta_loss"], options["gain_rate"],
                                              options["gain_min"], options["gain_max"])
         coeffs = z / math.sqrt(z.numel())
         for group, pns in self._group_params(plan):
-            scales = param_scales([pn.param for pn in pns]) if group["relative"] and pns else None
+            scales = self._step_scales(pns) if group["relative"] and pns else None
             apply_noise_combination(plan, pns, coeffs, -group["lr"] * gain, group["max_grad_norm"], scales)
+
+    def _step_scales(self, pns) -> tuple:
+        """Each tensor's step scale, measured once (its RMS the first time it is updated), never re-read."""
+        new = [pn.param for pn in pns if "step_scale" not in self.state[pn.param]]
+        if new:
+            for p, scale in zip(new, param_scales(new)):
+                self.state[p]["step_scale"] = scale
+        return tuple(self.state[pn.param]["step_scale"] for pn in pns)
 
 
 def param_scales(params) -> tuple:

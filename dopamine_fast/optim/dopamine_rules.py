@@ -16,10 +16,13 @@ import torch
 # noise cannot random-walk it to a bound and a sustained surprise settles at rate / (1 - GAIN_MEMORY) at most.
 GAIN_MEMORY = 0.95
 SURPRISE_FLOOR = 1e-3
+# Steps over which the reference RPE level follows the largest tonic level seen; it is frozen after them, so a later
+# spike of the RPEs (a bad minibatch, a step too large) is bounded but does not slow the rest of the run.
+REFERENCE_STEPS = 10
 
 
 def initial_state() -> dict:
-    return {"rpe_sq": 0.0, "rpe_count": 0, "log_gain": 0.0, "loss_level": math.nan, "loss_trend": 0.0,
+    return {"rpe_sq": 0.0, "rpe_count": 0, "rpe_ref": 0.0, "log_gain": 0.0, "loss_level": math.nan, "loss_trend": 0.0,
             "surprise_sq": 0.0, "surprise_count": 0}
 
 
@@ -28,15 +31,15 @@ def check_state(state: dict, gain_min: float, gain_max: float) -> None:
     for key in ("rpe_count", "surprise_count"):
         if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
             raise ValueError(f"dopamine state {key} must be an integer >= 0, got {state[key]!r}")
-    for key in ("rpe_sq", "surprise_sq", "loss_trend", "log_gain", "loss_level"):
+    for key in ("rpe_sq", "rpe_ref", "surprise_sq", "loss_trend", "log_gain", "loss_level"):
         value = state[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"dopamine state {key} must be a number, got {value!r}")
         if not math.isfinite(value) and not (key == "loss_level" and math.isnan(value)):
             raise ValueError(f"dopamine state {key} must be finite, got {value!r}")
-    if state["rpe_sq"] < 0 or state["surprise_sq"] < 0:
-        raise ValueError(f"dopamine state rpe_sq and surprise_sq must be >= 0, got {state['rpe_sq']!r} and "
-                         f"{state['surprise_sq']!r}")
+    for key in ("rpe_sq", "rpe_ref", "surprise_sq"):
+        if state[key] < 0:
+            raise ValueError(f"dopamine state {key} must be >= 0, got {state[key]!r}")
     if not math.log(gain_min) - 1e-12 <= state["log_gain"] <= math.log(gain_max) + 1e-12:
         raise ValueError(f"dopamine state log_gain must lie in [log gain_min, log gain_max], got {state['log_gain']!r}")
     if math.isnan(state["loss_level"]) and state["surprise_count"]:
@@ -47,16 +50,22 @@ def _debiased_rms(mean_sq: float, beta: float, count: int) -> float:
     return math.sqrt(mean_sq / (1 - beta ** count))
 
 
-def normalised_rpes(state: dict, delta: torch.Tensor, beta: float) -> torch.Tensor:
-    """``z_j = delta_j / s_t``, with ``s_t`` the bias-corrected running RMS of the member RPEs (the tonic level).
+def scaled_rpes(state: dict, delta: torch.Tensor, beta: float) -> torch.Tensor:
+    """``z_j = delta_j / max(s_ref, s_t)``: the member RPEs in units of a reference level that never shrinks.
 
-    ``v_t = beta v_{t-1} + (1 - beta) mean_j delta_j^2``, ``s_t = sqrt(v_t / (1 - beta^t))``. A flat loss (every
-    RPE so far zero) gives ``z = 0``: no direction, no step.
+    ``s_t = sqrt(v_t / (1 - beta^t))``, ``v_t = beta v_{t-1} + (1 - beta) mean_j delta_j^2`` is the tonic level
+    (bias-corrected running RMS of the member RPEs) and ``s_ref`` the largest it was over the first
+    ``REFERENCE_STEPS`` steps, frozen after them. While the RPEs are at that level or above, ``z`` has RMS about 1 (a
+    bounded step); as they shrink below it, ``z`` shrinks with them, so the step becomes proportional to the WP
+    estimate (it anneals as the fit improves). A flat loss (every RPE so far zero) gives ``z = 0``: no step.
     """
     state["rpe_count"] += 1
     state["rpe_sq"] = beta * state["rpe_sq"] + (1 - beta) * float((delta * delta).mean())
     rms = _debiased_rms(state["rpe_sq"], beta, state["rpe_count"])
-    return delta / rms if rms > 0 else torch.zeros_like(delta)
+    if state["rpe_count"] <= REFERENCE_STEPS:
+        state["rpe_ref"] = max(state["rpe_ref"], rms)
+    level = max(state["rpe_ref"], rms)
+    return delta / level if level > 0 else torch.zeros_like(delta)
 
 
 def tonic_gain(state: dict, loss: float, beta: float, rate: float, low: float, high: float) -> float:

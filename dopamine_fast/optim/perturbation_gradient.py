@@ -37,9 +37,11 @@ class PerturbationGradient(PerturbationOptimizer):
 
     def __init__(self, params, sigma: float = 0.05, num_perturbations: int = 16, antithetic: bool = True,
                  rank: int = 0, seed: int = 0, process_group=None):
-        # lr 1 and no clipping: the estimate is written as it is; the optimizer applied after it owns the step.
+        # lr 1 and no clipping: the estimate is written as it is; the optimizer applied after it owns the step, so
+        # the guard only warns (restoring weights and halving a rate it does not apply would fight that optimizer).
         defaults = dict(lr=1.0, sigma=sigma, rank=rank, max_grad_norm=None)
-        super().__init__(params, defaults, num_perturbations, antithetic, seed, process_group=process_group)
+        super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence="warn",
+                         process_group=process_group)
 
     def _begin_update(self) -> None:
         for group in self.param_groups:

@@ -75,7 +75,7 @@ class PerturbationOptimizer(Optimizer):
     """
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
-                 on_divergence: str = "warn", process_group=None):
+                 on_divergence: str = "restore", process_group=None):
         num_perturbations, antithetic, seed = map(plain_number, (num_perturbations, antithetic, seed))
         _check_options(num_perturbations, antithetic, seed, on_divergence)
         super().__init__(params, defaults)

@@ -35,15 +35,16 @@ class WeightPerturbation(PerturbationOptimizer):
         seed: noise seed in [0, 2**63); the same seed gives the same run.
         max_grad_norm: clip the estimate ``g`` of each group to this norm (None: no clipping), as
             ``clip_grad_norm_`` does for back-propagated gradients; costs one O(P) buffer.
-        on_divergence: what to do when the loss stays far above the best seen: "warn" (once), "raise"
-            (``DivergenceError``) or "restore" (best weights back, lr halved); see ``optim/divergence.py``.
+        on_divergence: what to do when the loss stays far above the best seen: "restore" (the default: best
+            weights back, lr halved, a warning), "warn" (once), or "raise" (``DivergenceError``); see
+            ``optim/divergence.py``.
         process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
             ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
     """
 
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: str = "warn",
+                 on_divergence: str = "restore",
                  process_group=None):
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
