@@ -211,7 +211,7 @@ def test_load_refuses_a_bad_step_scale_and_a_state_of_the_earlier_rule():
         fresh.load_state_dict(bad)
     old = copy.deepcopy(opt.state_dict())
     del old["state"]["global"]["dopamine"]["rpe_ref"]  # saved before the reference level existed
-    with pytest.raises(ValueError, match="earlier Dopamine"):
+    with pytest.raises(ValueError, match="earlier version of Dopamine"):
         fresh.load_state_dict(old)
     assert fresh.state["global"]["step"] == 0 and not fresh.state[next(model.parameters())]
 

@@ -209,7 +209,7 @@ BAD_STATES = {
     "best weights of another shape": (lambda sd: sd["state"].update({0: {"best_weights": torch.zeros(5)}}),
                                       r"best_weights of parameter 0 have shape \(5,\)"),
     "unknown per-parameter entry": (lambda sd: sd["state"].update({0: {"momentum": torch.zeros(5, 3)}}),
-                                    "may hold only 'best_weights'"),
+                                    r"may hold only \['best_weights'"),
 }
 
 

@@ -49,11 +49,13 @@ def check_state(state) -> None:
         raise ValueError(f"divergence state warned must be True or False, got {state['warned']!r}")
 
 
-def check_param_state(entry, param: torch.Tensor, index: int) -> None:
+def check_param_state(entry, param: torch.Tensor, index: int, others=()) -> None:
     """Raise ValueError unless a loaded per-parameter state holds only the guard's best weights, finite and of the
-    parameter's shape (a NaN copy would be written into the weights at the next restore)."""
-    if not isinstance(entry, dict) or not set(entry) <= {"best_weights"}:
-        raise ValueError(f"the state of parameter {index} may hold only 'best_weights', got {entry!r:.200}")
+    parameter's shape (a NaN copy would be written into the weights at the next restore), and the keys ``others``
+    (an optimizer's own entries, which it checks itself)."""
+    allowed = {"best_weights", *others}
+    if not isinstance(entry, dict) or not set(entry) <= allowed:
+        raise ValueError(f"the state of parameter {index} may hold only {sorted(allowed)}, got {entry!r:.200}")
     best = entry.get("best_weights")
     if best is None:
         return

@@ -120,6 +120,8 @@ class Dopamine(PerturbationOptimizer):
         if not isinstance(group.get("relative"), bool):
             raise ValueError(f"relative must be True or False, got {group.get('relative')!r}")
 
+    PARAM_STATE = ("step_scale",)
+
     def _check_state_dict(self, state_dict) -> None:
         super()._check_state_dict(state_dict)
         for key, entry in state_dict["state"].items():
@@ -129,7 +131,7 @@ class Dopamine(PerturbationOptimizer):
     def _check_global_state(self, saved: dict) -> None:
         signals = saved["dopamine"]
         if isinstance(signals, dict) and "rpe_sq" in signals and "rpe_ref" not in signals:
-            raise ValueError("the state was saved by an earlier Dopamine (before issue 18), whose step followed the "
+            raise ValueError("the state was saved by an earlier version of Dopamine, whose step followed the "
                              "weights' current size and never annealed; this rule cannot continue it: load the "
                              "model's weights and start a fresh optimizer")
         if (not isinstance(signals, dict) or set(signals) != {"options", *dopamine_rules.initial_state()}

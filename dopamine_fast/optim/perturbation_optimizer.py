@@ -378,7 +378,10 @@ class PerturbationOptimizer(Optimizer):
                 continue
             if index not in params:
                 raise ValueError(f"the state holds an entry for parameter {index!r}, which no param group lists")
-            divergence.check_param_state(entry, params[index], index)
+            divergence.check_param_state(entry, params[index], index, self.PARAM_STATE)
+
+    # Per-parameter state entries of a subclass beside the divergence guard's (it checks them in _check_state_dict).
+    PARAM_STATE: tuple = ()
 
     def _check_global_state(self, saved: dict) -> None:
         """Subclasses check their own entries of a loaded ``state["global"]`` here (ValueError naming them)."""
