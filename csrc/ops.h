@@ -77,6 +77,8 @@ using PerturbedRnnKernel = at::Tensor(const at::Tensor& x, const std::optional<a
                                       bool return_sequence);
 using RpeUpdateKernel = void(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step,
                              int64_t stream, int64_t rank, double alpha);
+using PerturbKernel = void(const at::Tensor& param, int64_t seed, int64_t step, int64_t stream, int64_t noise_id,
+                           int64_t rank, double alpha);
 
 // Normals the noise of a parameter of `shape` takes per noise id: (out + in) * rank for a low-rank matrix
 // (first dimension by the rest), its numel otherwise.

@@ -17,6 +17,7 @@ import torch
 
 from . import validation
 from .noise import noise_bits_into_reference, noise_into_reference
+from .perturb import perturb_reference
 from .perturbed_linear import perturbed_linear_reference
 from .perturbed_rnn import perturbed_rnn_reference
 from .rpe_update import rpe_update_reference
@@ -81,4 +82,7 @@ SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("rpe_update_",
            "(Tensor(a!) param, Tensor coeffs, int seed, int step, int stream, int rank, float alpha) -> ()",
            rpe_update_reference, _fake_mutating, validation.check_rpe_update_args, "param", "rpe_update_triton"),
+    OpSpec("perturb_",
+           "(Tensor(a!) param, int seed, int step, int stream, int noise_id, int rank, float alpha) -> ()",
+           perturb_reference, _fake_mutating, validation.check_perturb_args, "param", "perturb_triton"),
 )}

@@ -74,19 +74,20 @@ class Dopamine(PerturbationOptimizer):
         on_divergence: "warn", "raise" or "restore" when the loss stays far above the best seen.
         process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
             ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
+        memory: "exact" or "lean" (no weight copy, for large models), as for ``WeightPerturbation``.
     """
 
     def __init__(self, params, lr: float = 0.05, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, adaptive: bool = True, beta_rpe: float = 0.9,
                  beta_loss: float = 0.9, gain_rate: float = 0.1, gain_min: float = 0.25, gain_max: float = 4.0,
                  relative: bool = True, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: str = "warn", process_group=None):
+                 on_divergence: str = "warn", process_group=None, memory: str = "exact"):
         options = dict(adaptive=adaptive, beta_rpe=beta_rpe, beta_loss=beta_loss, gain_rate=gain_rate,
                        gain_min=gain_min, gain_max=gain_max)
         check_signal_options(options)
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm, relative=relative)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
-                         process_group)
+                         process_group, memory)
         self.state[GLOBAL_STATE]["dopamine"] = {"options": options, **dopamine_rules.initial_state()}
 
     @classmethod

@@ -14,10 +14,13 @@ from ..ops.noise import MAX_SEED
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from . import divergence
 from .functional import check_scalar_loss, is_finite, member_perturbations
+from .lean import check_memory, evaluate_lean
 
 GLOBAL_STATE = "global"
 # Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
-GLOBAL_OPTIONS = ("num_perturbations", "antithetic", "seed")
+GLOBAL_OPTIONS = ("num_perturbations", "antithetic", "seed", "memory")
+# Entries of state["global"] a loaded state may lack (saved before they existed); the optimizer keeps its own.
+OPTIONAL_STATE = ("optimizer", "memory")
 # Members are 32-bit counter words (docs/noise.md): 1 + K must stay below 2**32.
 MAX_PERTURBATIONS = 2**32 - 2
 # A perturbation sigma * eps (|eps| < 7) this large swamps any trainable weight; the bound catches typos such as
@@ -44,11 +47,11 @@ class PerturbationOptimizer(Optimizer):
     A step evaluates ``M = 1 + K`` members: the unperturbed parameters and K perturbed copies
     (antithetic pairs ``+eps_j, -eps_j`` when asked), with noise regenerated from (seed, step, stream, id)
     and never stored. ``step(closure)`` evaluates them one after the other in place (perturb, evaluate,
-    restore from one O(P) copy); ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator
-    that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
+    restore from one O(P) copy; with ``memory="lean"`` no copy, see ``optim/lean.py``);
+    ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
 
-    Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored bit for bit before the
-    exception goes on, and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
+    Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored before the exception goes
+    on (bit for bit with ``memory="exact"``, within rounding with ``"lean"``), and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
     construction or later) are skipped like ``torch.optim`` skips those without a gradient: never perturbed nor
     updated, on the in-place and the batched path alike; each parameter keeps its noise stream (its position
     among all the parameters), so freezing one changes no other's noise. Hyperparameters are checked at
@@ -57,12 +60,14 @@ class PerturbationOptimizer(Optimizer):
     """
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
-                 on_divergence: str = "warn", process_group=None):
+                 on_divergence: str = "warn", process_group=None, memory: str = "exact"):
         _check_options(num_perturbations, antithetic, seed, on_divergence)
+        check_memory(memory)
         super().__init__(params, defaults)
         self.state[GLOBAL_STATE] = {"optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "seed": seed,
                                     "num_perturbations": num_perturbations, "antithetic": bool(antithetic),
-                                    "on_divergence": on_divergence, "divergence": divergence.initial_state()}
+                                    "on_divergence": on_divergence, "divergence": divergence.initial_state(),
+                                    "memory": memory}
         if not any(p.requires_grad for g in self.param_groups for p in g["params"]):
             warnings.warn(f"{type(self).__name__}: no parameter requires grad; frozen parameters "
                           f"(requires_grad=False) are neither perturbed nor updated, so step() changes nothing",
@@ -165,6 +170,8 @@ class PerturbationOptimizer(Optimizer):
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:
         """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
+        if self.state[GLOBAL_STATE]["memory"] == "lean":
+            return evaluate_lean(lambda: self._loss_of(closure), plan)
         members = plan.local_members
         losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
         if 0 in members:
@@ -265,7 +272,10 @@ class PerturbationOptimizer(Optimizer):
         ValueError and leaves this optimizer as it was.
         """
         self._check_state_dict(state_dict)
+        own = self.state[GLOBAL_STATE]
         super().load_state_dict(state_dict)
+        for key in OPTIONAL_STATE:
+            self.state[GLOBAL_STATE].setdefault(key, own[key])
 
     def _check_state_dict(self, state_dict) -> None:
         name = type(self).__name__
@@ -278,9 +288,8 @@ class PerturbationOptimizer(Optimizer):
             raise ValueError(f"the state has no {GLOBAL_STATE!r} entry: it was not saved by a perturbation optimizer")
         if saved.get("optimizer", name) not in {cls.__name__ for cls in type(self).__mro__}:
             raise ValueError(f"the state was saved by {saved['optimizer']}, not {name}")
-        # "optimizer" (the class that saved it) is optional: states saved before it was recorded lack it.
-        missing = sorted(set(current) - set(saved) - {"optimizer"})
-        extra = sorted(set(saved) - set(current) - {"optimizer"})
+        missing = sorted(set(current) - set(saved) - set(OPTIONAL_STATE))
+        extra = sorted(set(saved) - set(current) - set(OPTIONAL_STATE))
         if missing or extra:
             raise ValueError(f"the state does not fit {name}: missing {missing or 'nothing'}, unexpected "
                              f"{extra or 'nothing'} (saved by another optimizer class or version?)")
@@ -289,6 +298,8 @@ class PerturbationOptimizer(Optimizer):
         if not isinstance(saved["antithetic"], bool):
             raise ValueError(f"antithetic must be True or False, got {saved['antithetic']!r}")
         _check_options(saved["num_perturbations"], saved["antithetic"], saved["seed"], saved["on_divergence"])
+        if "memory" in saved:
+            check_memory(saved["memory"])
         divergence.check_state(saved["divergence"])
         self._check_global_state(saved)
         groups = state_dict["param_groups"]

@@ -1,0 +1,186 @@
+"""Large models at inference memory: peak memory and step time of inference, Adam, the MeZO loop and Dopamine's
+drop-in step (``memory="exact"`` and ``"lean"``, rank 0 and 4) on transformer stacks of 10M, 42M and 124M
+parameters, float32 and bfloat16, through the public API.
+
+Each case runs in a fresh process (so one case's allocator state never flatters the next): it builds the model,
+runs a warm forward pass, then measures ``--steps`` steps after one warm-up step. ``peak_mb`` is the growth of the
+resident set above the warm model (``PeakMemory``: the kernel's high-water mark) over the warm-up and measured
+steps, so Adam's lazily created state counts; ``time_s`` is the median step. ``forward_s`` is the median of three
+``no_grad`` forward passes of the same process, and ``step_over_forwards`` divides a step by the forward passes it
+needs (Dopamine 1 + K, MeZO 2, inference 1, Adam: forward + backward counted as one forward). Models:
+
+- ``10M``: ``nn.TransformerEncoder``, 3 layers, d 512, 8 heads, FFN 2048, on a [2, 64, 512] input, MSE loss;
+- ``42M``: 6 layers, d 768, 12 heads, FFN 3072 (the issue's model), [2, 64, 768], MSE loss;
+- ``124M``: GPT-2-small-shaped: token embedding 50257 x 768, 12 layers d 768, the head tied to the embedding,
+  cross-entropy of 2 x 64 random tokens.
+
+    python bench/bench_large.py --threads 1 [--sizes 10M,42M,124M] [--dtypes float32,bfloat16] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import common
+import dopamine_fast as df
+from dopamine_fast.experiments.memory import PeakMemory
+from peers import MeZO
+
+NAME = "large"
+K = 4
+SIZES = {  # name -> (d_model, layers, heads, vocabulary or None)
+    "tiny": (32, 2, 2, 97),
+    "10M": (512, 3, 8, None),
+    "42M": (768, 6, 12, None),
+    "124M": (768, 12, 12, 50257),
+}
+METHODS = ["inference", "adam", "mezo", "dopamine exact r0", "dopamine lean r0", "dopamine exact r4",
+           "dopamine lean r4"]
+COLUMNS = ["size", "params", "dtype", "method", "rank", "memory", "K", "forwards_per_step", "param_mb",
+           "largest_tensor_mb", "forward_s", "threads"]
+DERIVED = ["step_over_forwards", "peak_over_inference", "lean_budget_mb"]
+
+
+class TokenModel(torch.nn.Module):
+    """Token embedding, a transformer stack and a head tied to the embedding (GPT-2's layout, bidirectional)."""
+
+    def __init__(self, vocabulary: int, encoder: torch.nn.Module, d_model: int):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocabulary, d_model)
+        self.encoder = encoder
+
+    def forward(self, tokens):
+        return F.linear(self.encoder(self.embedding(tokens)), self.embedding.weight)
+
+
+def build(size: str, dtype: torch.dtype, batch: int = 2, tokens: int = 64):
+    """The model and its loss closure, seeded."""
+    d, layers, heads, vocabulary = SIZES[size]
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    g = torch.Generator().manual_seed(1)
+    if vocabulary is None:
+        model = encoder.to(dtype)
+        x = torch.randn(batch, tokens, d, generator=g).to(dtype)
+        y = torch.randn(batch, tokens, d, generator=g).to(dtype)
+
+        def loss():
+            return F.mse_loss(model(x).float(), y.float())
+    else:
+        model = TokenModel(vocabulary, encoder, d).to(dtype)
+        x = torch.randint(vocabulary, (batch, tokens), generator=g)
+        y = torch.randint(vocabulary, (batch, tokens), generator=g)
+
+        def loss():
+            return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
+    return model, loss
+
+
+def stepper(method: str, model, loss):
+    """``(one training step, forward passes it needs)`` of ``method``."""
+    if method == "inference":
+        def infer():
+            with torch.no_grad():
+                loss()
+        return infer, 1
+    if method == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+
+        def adam_step():
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.step()
+        return adam_step, 1
+    if method == "mezo":
+        mezo = MeZO(model.parameters(), lr=1e-6, eps=1e-3)
+        return (lambda: mezo.step(loss)), 2
+    _, memory, rank = method.split()
+    opt = df.Dopamine(model.parameters(), lr=1e-3, sigma=1e-3, num_perturbations=K, rank=int(rank[1:]),
+                      memory=memory)
+    return (lambda: opt.step(loss)), 1 + K
+
+
+def run_case(size: str, dtype_name: str, method: str, steps: int, threads: int) -> dict:
+    """One case, in its own process: the row's measured fields."""
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    model, loss = build(size, dtype)
+    params = list(model.parameters())
+    forwards = []
+    with torch.no_grad():
+        loss()  # warm: thread pools, lazy initialisation
+        for _ in range(3):
+            t0 = time.perf_counter()
+            loss()
+            forwards.append(time.perf_counter() - t0)
+    step, forwards_per_step = stepper(method, model, loss)
+    meter = PeakMemory("cpu")
+    times = []
+    with meter.active():
+        for _ in range(1 + steps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    timed = times[1:]
+    element = params[0].element_size()
+    return dict(params=sum(p.numel() for p in params), param_mb=sum(p.numel() for p in params) * element / 2**20,
+                largest_tensor_mb=max(p.numel() for p in params) * element / 2**20,
+                forward_s=statistics.median(forwards), forwards_per_step=forwards_per_step,
+                timing=dict(time_s=statistics.median(timed), min_s=min(timed), max_s=max(timed), repeats=len(timed)),
+                peak_mb=meter.peak_mb)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10M,42M,124M")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per case (after one warm-up step)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="the tiny model only, one step: a smoke run")
+    parser.add_argument("--out", default=str(common.DEFAULT_OUT))
+    args = parser.parse_args()
+    args.out, args.device, args.budget_s = Path(args.out), torch.device("cpu"), math.inf
+    args.out.mkdir(parents=True, exist_ok=True)
+    sizes = ["tiny"] if args.quick else args.sizes.split(",")
+    steps = 1 if args.quick else args.steps
+    recorder = common.Recorder(NAME + ("_quick" if args.quick else ""), args, COLUMNS, DERIVED)
+    context = multiprocessing.get_context("spawn")
+    for size in sizes:
+        for dtype in args.dtypes.split(","):
+            inference_peak = None
+            for method in args.methods.split(","):
+                with context.Pool(1) as pool:  # a fresh process per case
+                    got = pool.apply(run_case, (size, dtype, method, steps, args.threads))
+                timing, peak = got.pop("timing"), got.pop("peak_mb")
+                if method == "inference":
+                    inference_peak = peak
+                rank = method.split()[-1][1:] if method.startswith("dopamine") else ""
+                row = recorder.record(timing, peak, size=size, dtype=dtype, method=method.rsplit(" r", 1)[0],
+                                      rank=rank, memory=method.split()[1] if rank else "",
+                                      K=K if rank else (1 if method == "mezo" else ""), threads=args.threads, **got)
+                row["step_over_forwards"] = timing["time_s"] / (got["forward_s"] * got["forwards_per_step"])
+                row["peak_over_inference"] = (peak / inference_peak) if inference_peak else float("nan")
+                # The issue's lean target: one largest tensor + 10% of the parameters' bytes.
+                row["lean_budget_mb"] = got["largest_tensor_mb"] + 0.1 * got["param_mb"]
+                print(f"{size} {dtype} {method}: {timing['time_s']:.3f} s/step ({row['step_over_forwards']:.2f}x its "
+                      f"forwards), peak +{peak:.1f} MiB", flush=True)
+    recorder.write({"K": K, "steps": steps, "note": "CPU shared with other work; compare within one run"})
+    rows = common.ok_rows(recorder.rows)
+    for y, ylabel in (("peak_mb", "peak above the warm model (MiB)"), ("time_s", "seconds per step")):
+        common.plot_series(rows, args.out / f"{recorder.name}_{y}.png", "params", y, ["dtype"],
+                           f"Large models, CPU {args.threads} thread(s)", ylabel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
