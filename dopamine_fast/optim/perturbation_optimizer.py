@@ -48,10 +48,12 @@ class PerturbationOptimizer(Optimizer):
     (antithetic pairs ``+eps_j, -eps_j`` when asked), with noise regenerated from (seed, step, stream, id)
     and never stored. ``step(closure)`` evaluates them one after the other in place (perturb, evaluate,
     restore from one O(P) copy; with ``memory="lean"`` no copy, see ``optim/lean.py``);
-    ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
+    ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator that followed ``plan()``
+    (the contract: ``dopamine_fast.plan``).
 
     Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored before the exception goes
-    on (bit for bit with ``memory="exact"``, within rounding with ``"lean"``), and the step is not counted. Parameters with ``requires_grad=False`` (frozen at
+    on (bit for bit with ``memory="exact"``, within rounding with ``"lean"``), and the step is not counted.
+    Parameters with ``requires_grad=False`` (frozen at
     construction or later) are skipped like ``torch.optim`` skips those without a gradient: never perturbed nor
     updated, on the in-place and the batched path alike; each parameter keeps its noise stream (its position
     among all the parameters), so freezing one changes no other's noise. Hyperparameters are checked at
