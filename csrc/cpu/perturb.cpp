@@ -49,16 +49,23 @@ void perturb_low_rank(T* p, int64_t out, int64_t in, const NoiseKey& key, uint32
   }
   for (int64_t k = 0; k < out * r; ++k) a[k] = scale * static_cast<C>(v[k]);
   cpu::parallel_for(0, out, std::max<int64_t>(1, kRun / std::max<int64_t>(in, 1)), [&](int64_t o0, int64_t o1) {
-    std::vector<C> row(in);
+    // Rows of a float32 or float64 parameter are summed in place; half-precision rows in a compute-type buffer.
+    std::vector<C> buffer(std::is_same<T, C>::value ? 0 : in);
     for (int64_t o = o0; o < o1; ++o) {
       T* dst = p + o * in;
-      for (int64_t i = 0; i < in; ++i) row[i] = static_cast<C>(dst[i]);
+      C* row = reinterpret_cast<C*>(dst);
+      if constexpr (!std::is_same<T, C>::value) {
+        row = buffer.data();
+        for (int64_t i = 0; i < in; ++i) row[i] = static_cast<C>(dst[i]);
+      }
       for (int64_t q = 0; q < r; ++q) {
         const C aq = a[o * r + q];
         const C* b = bt.data() + q * in;
         for (int64_t i = 0; i < in; ++i) row[i] += aq * b[i];
       }
-      for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(row[i]);
+      if constexpr (!std::is_same<T, C>::value) {
+        for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(row[i]);
+      }
     }
   });
 }

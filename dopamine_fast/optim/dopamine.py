@@ -16,6 +16,7 @@ from .perturbation_optimizer import GLOBAL_STATE, PerturbationOptimizer, check_n
 SIGNAL_OPTIONS = ("adaptive", "beta_rpe", "beta_loss", "gain_rate", "gain_min", "gain_max")
 # A relative step never uses a parameter scale below this, so zero-initialised tensors still move (Adafactor's eps2).
 MIN_PARAM_SCALE = 1e-3
+NORM_CHUNK = 1 << 18  # elements whose norm is taken at once in float64 (2 MiB)
 
 
 class Dopamine(PerturbationOptimizer):
@@ -141,9 +142,18 @@ def param_scales(params) -> tuple:
     """``max(RMS(p), MIN_PARAM_SCALE)`` per tensor: a relative step moves each in proportion to its own size.
 
     The norms are read back together, so a GPU step waits for the device once per group, not once per tensor.
+    They are summed in float64 chunk by chunk: a float64 copy of a whole tensor would cost twice its size (more
+    than ``memory="lean"`` allows).
     """
-    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params]).tolist()
+    norms = torch.stack([_sum_of_squares(p.detach()) for p in params]).sqrt().tolist()
     return tuple(max(n / math.sqrt(max(p.numel(), 1)), MIN_PARAM_SCALE) for n, p in zip(norms, params))
+
+
+def _sum_of_squares(p: torch.Tensor) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64, device=p.device)
+    for chunk in p.reshape(-1).split(NORM_CHUNK):
+        total += torch.linalg.vector_norm(chunk, dtype=torch.float64).square()
+    return total
 
 
 def check_signal_options(options: dict) -> None:
