@@ -55,3 +55,18 @@ def test_population_and_step_benches_time_the_public_api(tmp_path):
         assert rows, f"no {method} rows in {name}.csv"
         assert {r["path"] for r in rows} == {"fused"}
     assert not (ROOT / "bench" / "workloads.py").read_text().count("perturbed_linear(")  # no copy of the fused path
+
+
+def test_large_bench_quick_writes_csv(tmp_path):
+    """bench_large at the toy size: inference, the MeZO loop and Dopamine lean, one process per case."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DOPAMINE_FAST_BACKEND", None)
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_large.py"), "--quick", "--dtypes", "float32", "--methods",
+           "inference,mezo,dopamine lean r4", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(tmp_path / "large_quick.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["memory"], r["rank"]) for r in rows] == [("inference", "", ""), ("mezo", "", ""),
+                                                                      ("dopamine", "lean", "4")]
+    assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and r["peak_over_inference"] for r in rows)

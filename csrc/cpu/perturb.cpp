@@ -1,8 +1,9 @@
 // CPU kernel of perturb_: param += alpha * eps_j for one noise id j, the noise regenerated, never stored.
 //
 // Full rank: one pass over the parameter in element runs (parallel over runs), each run's normals generated into
-// a small buffer. Low rank: eps_j = A_j B_j^T / sqrt(r) from r (out + in) normals; each output row adds
-// sum_q (alpha A[o, q] / sqrt(r)) B[:, q], r axpys over a row (vectorised), so no [out, in] product is formed.
+// a small buffer. Low rank: eps_j = A_j B_j^T / sqrt(r) from r (out + in) normals, added by an in-place rank-r
+// GEMM (float32, float64) or, for half-precision parameters, row by row: each row adds
+// sum_q (alpha A[o, q] / sqrt(r)) B[:, q] (r axpys in a float32 row buffer); no [out, in] product is formed.
 // Sums are formed in the compute type (double for double, float otherwise) and rounded once to the parameter's.
 // Arguments are checked in Python (ops/validation.py); the asserts here guard internal invariants only.
 #include <ATen/ATen.h>
@@ -49,25 +50,31 @@ void perturb_low_rank(T* p, int64_t out, int64_t in, const NoiseKey& key, uint32
   }
   for (int64_t k = 0; k < out * r; ++k) a[k] = scale * static_cast<C>(v[k]);
   cpu::parallel_for(0, out, std::max<int64_t>(1, kRun / std::max<int64_t>(in, 1)), [&](int64_t o0, int64_t o1) {
-    // Rows of a float32 or float64 parameter are summed in place; half-precision rows in a compute-type buffer.
-    std::vector<C> buffer(std::is_same<T, C>::value ? 0 : in);
+    std::vector<C> row(in);
     for (int64_t o = o0; o < o1; ++o) {
       T* dst = p + o * in;
-      C* row = reinterpret_cast<C*>(dst);
-      if constexpr (!std::is_same<T, C>::value) {
-        row = buffer.data();
-        for (int64_t i = 0; i < in; ++i) row[i] = static_cast<C>(dst[i]);
-      }
+      for (int64_t i = 0; i < in; ++i) row[i] = static_cast<C>(dst[i]);
       for (int64_t q = 0; q < r; ++q) {
         const C aq = a[o * r + q];
-        const C* b = bt.data() + q * in;
-        for (int64_t i = 0; i < in; ++i) row[i] += aq * b[i];
+        const C* __restrict__ b = bt.data() + q * in;
+        C* __restrict__ acc = row.data();
+        for (int64_t i = 0; i < in; ++i) acc[i] += aq * b[i];
       }
-      if constexpr (!std::is_same<T, C>::value) {
-        for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(row[i]);
-      }
+      for (int64_t i = 0; i < in; ++i) dst[i] = static_cast<T>(row[i]);
     }
   });
+}
+
+// Low rank of a float32 or float64 parameter: one in-place rank-r GEMM update (BLAS), p += (s A) B^T.
+void perturb_low_rank_gemm(at::Tensor& work, const NoiseKey& key, uint32_t id, int64_t r, double alpha) {
+  const int64_t out = work.size(0), in = work.numel() / out;
+  at::Tensor v = at::empty({(out + in) * r}, work.options().dtype(at::kFloat));
+  cpu::noise_normals(key, id, 0, (out + in) * r, v.data_ptr<float>());
+  v = v.to(work.scalar_type());
+  const at::Tensor a = v.narrow(0, 0, out * r).view({out, r});
+  const at::Tensor b = v.narrow(0, out * r, in * r).view({in, r});
+  at::Tensor matrix = work.view({out, in});
+  matrix.addmm_(a, b.t(), /*beta=*/1, /*alpha=*/alpha / std::sqrt(static_cast<double>(r)));
 }
 
 template <typename T>
@@ -76,6 +83,8 @@ void perturb_typed(at::Tensor& work, const NoiseKey& key, uint32_t id, int64_t r
   T* p = work.data_ptr<T>();
   if (r == 0) {
     perturb_full_rank<T, C>(p, work.numel(), key, id, static_cast<C>(alpha));
+  } else if constexpr (std::is_same<T, C>::value) {
+    perturb_low_rank_gemm(work, key, id, r, alpha);
   } else {
     const int64_t out = work.size(0);
     perturb_low_rank<T, C>(p, out, work.numel() / out, key, id, r, static_cast<C>(alpha));

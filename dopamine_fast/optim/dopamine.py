@@ -142,17 +142,21 @@ def param_scales(params) -> tuple:
     """``max(RMS(p), MIN_PARAM_SCALE)`` per tensor: a relative step moves each in proportion to its own size.
 
     The norms are read back together, so a GPU step waits for the device once per group, not once per tensor.
-    They are summed in float64 chunk by chunk: a float64 copy of a whole tensor would cost twice its size (more
-    than ``memory="lean"`` allows).
+    They are summed in float64 chunk by chunk through one small buffer: a float64 copy of a whole tensor (or one per
+    chunk, which the heap may not reuse) would cost more memory than ``memory="lean"`` allows.
     """
-    norms = torch.stack([_sum_of_squares(p.detach()) for p in params]).sqrt().tolist()
+    if not params:
+        return ()
+    buffer = torch.empty(NORM_CHUNK, dtype=torch.float64, device=params[0].device)
+    norms = torch.stack([_sum_of_squares(p.detach(), buffer) for p in params]).sqrt().tolist()
     return tuple(max(n / math.sqrt(max(p.numel(), 1)), MIN_PARAM_SCALE) for n, p in zip(norms, params))
 
 
-def _sum_of_squares(p: torch.Tensor) -> torch.Tensor:
+def _sum_of_squares(p: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64, device=p.device)
     for chunk in p.reshape(-1).split(NORM_CHUNK):
-        total += torch.linalg.vector_norm(chunk, dtype=torch.float64).square()
+        b = buffer[:chunk.numel()].copy_(chunk)
+        total += torch.dot(b, b)
     return total
 
 
