@@ -36,13 +36,14 @@ from dopamine_fast.experiments.memory import PeakMemory
 from peers import MeZO
 
 NAME = "large"
-K = 4
+K = 4  # Dopamine's perturbations (antithetic pairs) unless a method says "k<K>"
 SIZES = {  # name -> (d_model, layers, heads, vocabulary or None)
     "tiny": (32, 2, 2, 97),
     "10M": (512, 3, 8, None),
     "42M": (768, 6, 12, None),
     "124M": (768, 12, 12, 50257),
 }
+# "dopamine <memory> r<rank> [k<K>]"; "k2" is one antithetic pair, MeZO's two-point estimate plus the baseline.
 METHODS = ["inference", "adam", "mezo", "dopamine exact r0", "dopamine lean r0", "dopamine exact r4",
            "dopamine lean r4"]
 COLUMNS = ["size", "params", "dtype", "method", "rank", "memory", "K", "forwards_per_step", "param_mb",
@@ -104,10 +105,15 @@ def stepper(method: str, model, loss):
     if method == "mezo":
         mezo = MeZO(model.parameters(), lr=1e-6, eps=1e-3)
         return (lambda: mezo.step(loss)), 2
-    _, memory, rank = method.split()
-    opt = df.Dopamine(model.parameters(), lr=1e-3, sigma=1e-3, num_perturbations=K, rank=int(rank[1:]),
-                      memory=memory)
-    return (lambda: opt.step(loss)), 1 + K
+    memory, rank, k = dopamine_case(method)
+    opt = df.Dopamine(model.parameters(), lr=1e-3, sigma=1e-3, num_perturbations=k, rank=rank, memory=memory)
+    return (lambda: opt.step(loss)), 1 + k
+
+
+def dopamine_case(method: str):
+    """``(memory, rank, K)`` of a method named "dopamine <memory> r<rank> [k<K>]"."""
+    words = method.split()
+    return words[1], int(words[2][1:]), int(words[3][1:]) if len(words) > 3 else K
 
 
 def run_case(size: str, dtype_name: str, method: str, steps: int, threads: int) -> dict:
@@ -149,12 +155,13 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="the tiny model only, one step: a smoke run")
     parser.add_argument("--out", default=str(common.DEFAULT_OUT))
+    parser.add_argument("--name", default=NAME, help="the CSV's, JSON's and plots' file name")
     args = parser.parse_args()
     args.out, args.device, args.budget_s = Path(args.out), torch.device("cpu"), math.inf
     args.out.mkdir(parents=True, exist_ok=True)
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
     steps = 1 if args.quick else args.steps
-    recorder = common.Recorder(NAME + ("_quick" if args.quick else ""), args, COLUMNS, DERIVED)
+    recorder = common.Recorder(args.name + ("_quick" if args.quick else ""), args, COLUMNS, DERIVED)
     context = multiprocessing.get_context("spawn")
     for size in sizes:
         for dtype in args.dtypes.split(","):
@@ -165,21 +172,46 @@ def main():
                 timing, peak = got.pop("timing"), got.pop("peak_mb")
                 if method == "inference":
                     inference_peak = peak
-                rank = method.split()[-1][1:] if method.startswith("dopamine") else ""
-                row = recorder.record(timing, peak, size=size, dtype=dtype, method=method.rsplit(" r", 1)[0],
-                                      rank=rank, memory=method.split()[1] if rank else "",
-                                      K=K if rank else (1 if method == "mezo" else ""), threads=args.threads, **got)
+                fields = dict(method=method, rank="", memory="", K=1 if method == "mezo" else "")
+                if method.startswith("dopamine"):
+                    memory, rank, k = dopamine_case(method)
+                    name = f"dopamine {memory}" + (f" K={k}" if k != K else "")
+                    fields = dict(method=name, rank=rank, memory=memory, K=k)
+                row = recorder.record(timing, peak, size=size, dtype=dtype, threads=args.threads, **fields, **got)
                 row["step_over_forwards"] = timing["time_s"] / (got["forward_s"] * got["forwards_per_step"])
-                row["peak_over_inference"] = (peak / inference_peak) if inference_peak else float("nan")
+                # Memory of the whole step (parameters + its peak) over inference's, as the issue's target reads.
+                row["peak_over_inference"] = ((got["param_mb"] + peak) / (got["param_mb"] + inference_peak)
+                                              if inference_peak is not None else float("nan"))
                 # The issue's lean target: one largest tensor + 10% of the parameters' bytes.
                 row["lean_budget_mb"] = got["largest_tensor_mb"] + 0.1 * got["param_mb"]
                 print(f"{size} {dtype} {method}: {timing['time_s']:.3f} s/step ({row['step_over_forwards']:.2f}x its "
                       f"forwards), peak +{peak:.1f} MiB", flush=True)
     recorder.write({"K": K, "steps": steps, "note": "CPU shared with other work; compare within one run"})
     rows = common.ok_rows(recorder.rows)
+    (args.out / f"{recorder.name}.md").write_text(table(rows, args.threads))
     for y, ylabel in (("peak_mb", "peak above the warm model (MiB)"), ("time_s", "seconds per step")):
         common.plot_series(rows, args.out / f"{recorder.name}_{y}.png", "params", y, ["dtype"],
                            f"Large models, CPU {args.threads} thread(s)", ylabel)
+
+
+def table(rows, threads: int) -> str:
+    """The rows as a markdown table, each size and dtype against its own inference and Adam rows."""
+    lines = [f"# Large models at inference memory (CPU, {threads} thread(s), shared with other work)", "",
+             "Peak: growth of the resident set above the warm model over one warm-up and the measured steps. "
+             "`x fwd`: a step's median time over its forward passes' (1 + K for Dopamine, 2 for MeZO). "
+             "`x inference`: (parameters + peak) over (parameters + inference's peak). "
+             "Lean budget: the largest tensor + 10% of the parameters' bytes (`python bench/bench_large.py`).", "",
+             "| size | dtype | method | rank | K | step (s) | x fwd | peak (MiB) | x inference | "
+             "lean budget (MiB) | Adam peak / this |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        adam = next((a for a in rows if a["method"] == "adam" and (a["size"], a["dtype"]) == (r["size"], r["dtype"])),
+                    None)
+        versus_adam = f"{adam['peak_mb'] / r['peak_mb']:.1f}" if adam and r["peak_mb"] > 0 else ""
+        lines.append(f"| {r['size']} | {r['dtype']} | {r['method']} | {r['rank']} | {r['K']} | {r['time_s']:.3g} | "
+                     f"{r['step_over_forwards']:.2f} | {r['peak_mb']:.1f} | {r['peak_over_inference']:.2f} | "
+                     f"{r['lean_budget_mb']:.1f} | {versus_adam} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Adam on a generated corpus of sentences in one style, then fine-tuned from the s
 - ``adam``: back-propagation, for reference.
 
 It prints and writes (``--out``, JSON) each method's loss on held-out text of the new style before and after,
-its wall time and its peak memory above the warm model (``PeakMemory``). Defaults take a few minutes on one CPU
-thread; ``--quick`` runs a toy size in seconds.
+its wall time and its peak memory above the warm model (``PeakMemory``). Defaults take minutes on one CPU
+thread (about 3 minutes on a shared machine); ``--quick`` runs a toy size in seconds.
 
     python examples/finetune_char_lm.py [--quick] [--threads 1] [--out finetune.json]
 """
@@ -45,8 +45,8 @@ STYLES = {  # subjects, verbs, objects, the sentence's end
                ["a circuit", "the ball", "some code", "a metal box"], " ok!"),
 }
 SIZES = {
-    "full": dict(d=96, layers=3, heads=4, context=48, batch=16, pretrain_steps=600, finetune_steps=300, k=8),
-    "quick": dict(d=32, layers=1, heads=2, context=24, batch=8, pretrain_steps=150, finetune_steps=60, k=4),
+    "full": dict(d=64, layers=2, heads=4, context=32, batch=16, pretrain_steps=500, finetune_steps=200, k=4),
+    "quick": dict(d=32, layers=1, heads=2, context=24, batch=8, pretrain_steps=200, finetune_steps=60, k=4),
 }
 
 
@@ -105,12 +105,12 @@ def finetune(method: str, model, train, steps: int, k: int) -> None:
         return
     if method == "mezo":
         # Two forward passes per step; MeZO's paper tunes lr in {1e-7 .. 1e-6} for OPT, larger for a small model.
-        mezo = MeZO(model.parameters(), lr=3e-3, eps=1e-3, seed=0)
+        mezo = MeZO(model.parameters(), lr=1e-3, eps=1e-3, seed=0)
         for _ in range(steps * (1 + k) // 2):  # as many forward passes as Dopamine's steps take
             x, y = next(train)
             mezo.step(lambda: lm_loss(model, x, y))
         return
-    opt = df.Dopamine(model.parameters(), lr=0.02, sigma=1e-2, num_perturbations=k, memory="lean")
+    opt = df.Dopamine(model.parameters(), lr=0.03, sigma=1e-2, num_perturbations=k, memory="lean")
     for _ in range(steps):
         x, y = next(train)
         opt.step(lambda: lm_loss(model, x, y))
