@@ -20,6 +20,7 @@ needs (Dopamine 1 + K, MeZO 2, inference 1, Adam: forward + backward counted as 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import multiprocessing
 import statistics
@@ -49,6 +50,8 @@ METHODS = ["inference", "adam", "mezo", "dopamine exact r0", "dopamine lean r0",
 COLUMNS = ["size", "params", "dtype", "method", "rank", "memory", "K", "forwards_per_step", "param_mb",
            "largest_tensor_mb", "forward_s", "threads"]
 DERIVED = ["step_over_forwards", "peak_over_inference", "lean_budget_mb"]
+NUMERIC = ["params", "param_mb", "largest_tensor_mb", "forward_s", "forwards_per_step", "time_s", "min_s", "max_s",
+           "peak_mb"]
 
 
 class TokenModel(torch.nn.Module):
@@ -156,8 +159,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the tiny model only, one step: a smoke run")
     parser.add_argument("--out", default=str(common.DEFAULT_OUT))
     parser.add_argument("--name", default=NAME, help="the CSV's, JSON's and plots' file name")
+    parser.add_argument("--rederive", action="store_true",
+                        help="measure nothing: recompute the derived columns, table and plots of <out>/<name>.csv")
     args = parser.parse_args()
     args.out, args.device, args.budget_s = Path(args.out), torch.device("cpu"), math.inf
+    if args.rederive:
+        return rederive(args.out, args.name, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
     steps = 1 if args.quick else args.steps
@@ -165,33 +172,61 @@ def main():
     context = multiprocessing.get_context("spawn")
     for size in sizes:
         for dtype in args.dtypes.split(","):
-            inference_peak = None
             for method in args.methods.split(","):
                 with context.Pool(1) as pool:  # a fresh process per case
                     got = pool.apply(run_case, (size, dtype, method, steps, args.threads))
                 timing, peak = got.pop("timing"), got.pop("peak_mb")
-                if method == "inference":
-                    inference_peak = peak
                 fields = dict(method=method, rank="", memory="", K=1 if method == "mezo" else "")
                 if method.startswith("dopamine"):
                     memory, rank, k = dopamine_case(method)
                     name = f"dopamine {memory}" + (f" K={k}" if k != K else "")
                     fields = dict(method=name, rank=rank, memory=memory, K=k)
-                row = recorder.record(timing, peak, size=size, dtype=dtype, threads=args.threads, **fields, **got)
-                row["step_over_forwards"] = timing["time_s"] / (got["forward_s"] * got["forwards_per_step"])
-                # Memory of the whole step (parameters + its peak) over inference's, as the issue's target reads.
-                row["peak_over_inference"] = ((got["param_mb"] + peak) / (got["param_mb"] + inference_peak)
-                                              if inference_peak is not None else float("nan"))
-                # The issue's lean target: one largest tensor + 10% of the parameters' bytes.
-                row["lean_budget_mb"] = got["largest_tensor_mb"] + 0.1 * got["param_mb"]
-                print(f"{size} {dtype} {method}: {timing['time_s']:.3f} s/step ({row['step_over_forwards']:.2f}x its "
-                      f"forwards), peak +{peak:.1f} MiB", flush=True)
+                recorder.record(timing, peak, size=size, dtype=dtype, threads=args.threads, **fields, **got)
+                derive(recorder.rows)
+                print(f"{size} {dtype} {method}: {timing['time_s']:.3f} s/step "
+                      f"({recorder.rows[-1]['step_over_forwards']:.2f}x its forwards), peak +{peak:.1f} MiB",
+                      flush=True)
     recorder.write({"K": K, "steps": steps, "note": "CPU shared with other work; compare within one run"})
-    rows = common.ok_rows(recorder.rows)
-    (args.out / f"{recorder.name}.md").write_text(table(rows, args.threads))
+    report(recorder.rows, args.out, recorder.name, args.threads)
+
+
+def derive(rows) -> None:
+    """Fill each row's derived columns from the measured ones (and its size and dtype's inference row)."""
+    for r in rows:
+        inference = next((i for i in rows if i["method"] == "inference" and i["size"] == r["size"]
+                          and i["dtype"] == r["dtype"]), None)
+        r["step_over_forwards"] = r["time_s"] / (r["forward_s"] * r["forwards_per_step"])
+        # Memory of the whole step (parameters + its peak) over inference's, as the issue's target reads.
+        r["peak_over_inference"] = ((r["param_mb"] + r["peak_mb"]) / (r["param_mb"] + inference["peak_mb"])
+                                    if inference else float("nan"))
+        # The issue's lean target: one largest tensor + 10% of the parameters' bytes.
+        r["lean_budget_mb"] = r["largest_tensor_mb"] + 0.1 * r["param_mb"]
+
+
+def report(rows, out: Path, name: str, threads: int) -> None:
+    """``<name>.md`` (the table) and the plots of peak memory and step time."""
+    rows = common.ok_rows(rows)
+    (out / f"{name}.md").write_text(table(rows, threads))
     for y, ylabel in (("peak_mb", "peak above the warm model (MiB)"), ("time_s", "seconds per step")):
-        common.plot_series(rows, args.out / f"{recorder.name}_{y}.png", "params", y, ["dtype"],
-                           f"Large models, CPU {args.threads} thread(s)", ylabel)
+        common.plot_series(rows, out / f"{name}_{y}.png", "params", y, ["dtype"],
+                           f"Large models, CPU {threads} thread(s)", ylabel)
+
+
+def rederive(out: Path, name: str, threads: int) -> None:
+    """Recompute the derived columns, the table and the plots of a written ``<name>.csv`` (nothing re-measured)."""
+    path = out / f"{name}.csv"
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    for r in rows:
+        for key in NUMERIC:
+            r[key] = float(r[key]) if r.get(key) not in (None, "") else float("nan")
+    derive([r for r in rows if r["status"] == "ok"])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: common._fmt(v) for k, v in r.items()} for r in rows)
+    report(rows, out, name, threads)
 
 
 def table(rows, threads: int) -> str:

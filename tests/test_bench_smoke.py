@@ -68,5 +68,5 @@ def test_large_bench_quick_writes_csv(tmp_path):
     with open(tmp_path / "large_quick.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["memory"], r["rank"]) for r in rows] == [("inference", "", ""), ("mezo", "", ""),
-                                                                      ("dopamine", "lean", "4")]
+                                                                      ("dopamine lean", "lean", "4")]
     assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and r["peak_over_inference"] for r in rows)

@@ -24,14 +24,14 @@ def test_reference_matches_explicit(shape, rank):
     torch.testing.assert_close(p, before - 0.3 * torch.einsum("j,j...->...", coeffs, eps))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("rank", [0, 1, 3])
 @pytest.mark.parametrize("backend,device", backend_device_pairs("rpe_update_"))
 def test_backend_matches_reference(backend, device, shape, rank, dtype):
     g = torch.Generator().manual_seed(3)
-    p = torch.randn(shape, generator=g, dtype=dtype)
-    coeffs = torch.randn(5, generator=g, dtype=dtype)
+    p = torch.randn(shape, generator=g).to(dtype)
+    coeffs = torch.randn(5, generator=g).to(dtype)
     expected = p.clone()
     with use_backend("reference"):
         ops.rpe_update_(expected, coeffs, seed=8, step=1, stream=4, rank=rank, alpha=0.7)

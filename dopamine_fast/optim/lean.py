@@ -13,6 +13,9 @@ closure raises (Ctrl-C included), each element is back within rounding: ``|w' - 
 (|w| + 2 |sigma eps_j|)`` (one rounding per pass, at most three passes per member pair: ``+eps``, ``-2 eps``,
 ``+eps``), where ``eps(dtype)`` is ``torch.finfo(dtype).eps``. The step is deterministic, so a run resumed from a
 checkpoint continues bit for bit in either mode.
+
+Two options still cost O(P) in either mode: ``max_grad_norm`` (the update is built in one buffer per parameter
+to take its norm) and ``on_divergence="restore"`` (a copy of the best weights).
 """
 
 from __future__ import annotations
