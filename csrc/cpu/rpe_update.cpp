@@ -44,7 +44,7 @@ void update_full_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& k
   });
 }
 
-constexpr int64_t kRowBlock = 256;  // rows of a half-precision parameter updated per float32 product
+constexpr int64_t kRowBlock = 64;  // rows of a half-precision parameter updated per float32 product
 
 // T: the compute type (of coeffs and the factors). A parameter of that type takes one in-place GEMM; a
 // half-precision one takes the product block of rows by block of rows, added in place (rounded once), so no
