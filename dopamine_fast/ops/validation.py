@@ -1,10 +1,10 @@
 """Argument checks of the public ops: the one layer in front of the Python backends and the fake kernels. Each
 ``check_<op>_args`` takes the op's own arguments (``specs.py`` names it as the op's check).
 
-The compiled backends (``cpp``, ``cuda``) run the same checks in C++ (``csrc/ops.cpp``), message for message, so
-the public op skips these for them; either way a bad call fails with a ``ValueError`` naming the argument before any
-kernel reads or writes memory. Only metadata is read (shapes, dtypes, devices, strides): no device
-synchronisation, cheap enough for every call.
+The public op runs them before every backend: the compiled kernels of older ops repeat them in C++
+(``csrc/ops.cpp``), newer ones (``perturb_``) keep internal asserts only. A bad call fails with a ``ValueError``
+naming the argument before any kernel reads or writes memory. Only metadata is read (shapes, dtypes, devices,
+strides): no device synchronisation, cheap enough for every call.
 """
 
 from __future__ import annotations
