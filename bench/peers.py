@@ -1,4 +1,5 @@
-"""Peer libraries evaluating the same population of the same network: EvoTorch (PyTorch) and evosax (JAX).
+"""Peers: libraries evaluating the same population of the same network, EvoTorch (PyTorch) and evosax (JAX), and
+MeZO's in-place zeroth-order step written plainly (``MeZO``, for the large-model benchmark).
 
 Both are optional: ``evotorch_status()`` / ``evosax_status()`` say why one cannot be used (``None`` when it can),
 and the benchmarks then record a skipped row with that reason. Install them without touching torch:
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import random
 import warnings
 from typing import Callable, Optional
 
@@ -175,3 +177,41 @@ class EvosaxPeer:
 
     def floor(self) -> None:
         self._floor(self._params, self._xf, self._yf).block_until_ready()
+
+
+# -- MeZO --------------------------------------------------------------------------------------------------------
+class MeZO:
+    """MeZO's Algorithm 1 (Malladi et al. 2023, "Fine-Tuning Language Models with Just Forward Passes") as its
+    paper writes it: two-point SPSA with the weights perturbed in place, the noise regenerated from a seed by
+    ``torch.manual_seed`` + ``torch.normal`` per parameter (so each call allocates one parameter's noise).
+
+    .. code-block:: text
+
+        s <- a fresh seed
+        w <- w + eps z(s);  l+ = L(w);  w <- w - 2 eps z(s);  l- = L(w);  w <- w + eps z(s)
+        g = (l+ - l-) / (2 eps);  w <- w - lr g z(s)
+    """
+
+    def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, seed: int = 0):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.eps = lr, eps
+        self._seeds = random.Random(seed)  # MeZO draws each step's seed with np.random.randint
+
+    def _add_noise(self, seed: int, scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in self.params:
+            z = torch.normal(mean=0, std=1, size=p.shape, device=p.device, dtype=p.dtype)
+            p.data.add_(z, alpha=scale)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:
+        """One SPSA step (two evaluations); returns the mean of the two perturbed losses."""
+        seed = self._seeds.randrange(2**31)
+        self._add_noise(seed, self.eps)
+        loss_plus = float(closure())
+        self._add_noise(seed, -2 * self.eps)
+        loss_minus = float(closure())
+        self._add_noise(seed, self.eps)
+        grad = (loss_plus - loss_minus) / (2 * self.eps)
+        self._add_noise(seed, -self.lr * grad)
+        return (loss_plus + loss_minus) / 2

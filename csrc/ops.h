@@ -78,5 +78,7 @@ using PerturbedRnnKernel = at::Tensor(const at::Tensor& x, const std::optional<a
                                       bool return_sequence, int64_t first_member);
 using RpeUpdateKernel = void(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step,
                              int64_t stream, int64_t rank, double alpha);
+using PerturbKernel = void(const at::Tensor& param, int64_t seed, int64_t step, int64_t stream, int64_t noise_id,
+                           int64_t rank, double alpha);
 
 }  // namespace dopamine_fast

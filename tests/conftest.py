@@ -32,3 +32,20 @@ def backend_device_pairs(op):
                 marks = pytest.mark.skip(reason=f"{backend} cannot run {op} on {device} here")
             pairs.append(pytest.param(backend, device, id=f"{backend}-{device}", marks=marks))
     return pairs
+
+
+def check_writes_only_the_view(backend, device, write):
+    """``write(t)`` (an in-place op) on a strided [5, 39] view of a NaN-filled buffer under ``backend`` gives what
+    the reference gives on a plain tensor, and leaves every element around the view untouched."""
+    from dopamine_fast import use_backend
+
+    buf = torch.full((10, 41), float("nan"), device=device)
+    view = buf[2:7, 1:40]
+    view.zero_()
+    with use_backend(backend):
+        write(view)
+    expected = torch.zeros(5, 39)
+    with use_backend("reference"):
+        write(expected)
+    torch.testing.assert_close(view.cpu(), expected, **TOLERANCES[torch.float32])
+    assert torch.isnan(buf).sum() == 10 * 41 - 5 * 39

@@ -70,3 +70,18 @@ def test_population_bench_large_k_runs_members_in_a_budget(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["method"] == "population_budget" and r["status"] == "ok"]
     assert rows and {r["path"] for r in rows} == {"fused"}
     assert all(float(r["members_per_s"]) > 0 and float(r["rows_vs_floor"]) > 0 and r["peak_vs_budget"] for r in rows)
+
+
+def test_large_bench_quick_writes_csv(tmp_path):
+    """bench_large at the toy size: inference, the MeZO loop and Dopamine lean, one process per case."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("DOPAMINE_FAST_BACKEND", None)
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_large.py"), "--quick", "--dtypes", "float32", "--methods",
+           "inference,mezo,dopamine lean r4", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(tmp_path / "large_quick.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["memory"], r["rank"]) for r in rows] == [("inference", "", ""), ("mezo", "", ""),
+                                                                      ("dopamine lean", "lean", "4")]
+    assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and r["peak_over_inference"] for r in rows)

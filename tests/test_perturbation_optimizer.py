@@ -114,13 +114,14 @@ def test_step_from_losses_takes_only_the_plan_of_this_step(cls):
     assert opt.state["global"]["step"] == 2
 
 
+@pytest.mark.parametrize("memory", ["exact", "lean"])
 @pytest.mark.parametrize("cls", OPTIMIZERS)
-def test_state_dict_resumes_bit_exactly(cls):
+def test_state_dict_resumes_bit_exactly(cls, memory):
     def make():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
         opt = cls([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.01}],
-                  num_perturbations=6, seed=42)
+                  num_perturbations=6, seed=42, memory=memory)
         return model, opt
 
     x, y = torch.randn(8, 3), torch.randn(8, 1)

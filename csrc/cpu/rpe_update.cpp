@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -18,35 +19,42 @@ namespace {
 
 constexpr int64_t kRun = 2048;  // elements per task: the accumulator and noise buffer stay in L1
 
-template <typename T>
+// T: the parameter's storage type; C: the compute type of the sums and coeffs (float, double for double), so a
+// half-precision parameter is updated in place, rounded once, without a float32 copy of it.
+template <typename T, typename C>
 void update_full_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, double alpha) {
   const int64_t numel = p.numel(), n_ids = coeffs.numel();
   T* pp = p.data_ptr<T>();
-  const T* c = coeffs.data_ptr<T>();
-  const T a = static_cast<T>(alpha);
+  const C* c = coeffs.data_ptr<C>();
+  const C a = static_cast<C>(alpha);
   cpu::parallel_for(0, (numel + kRun - 1) / kRun, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> z(kRun);
-    std::vector<T> acc(kRun);
+    std::vector<C> acc(kRun);
     for (int64_t run = r0; run < r1; ++run) {
       const int64_t first = run * kRun, count = std::min(kRun, numel - first);
-      std::fill(acc.begin(), acc.begin() + count, T(0));
+      std::fill(acc.begin(), acc.begin() + count, C(0));
       for (int64_t j = 0; j < n_ids; ++j) {
-        if (c[j] == T(0)) continue;  // e.g. the baseline member's id: nothing to add, nothing to generate
+        if (c[j] == C(0)) continue;  // e.g. the baseline member's id: nothing to add, nothing to generate
         cpu::noise_normals(key, static_cast<uint32_t>(j), first, count, z.data());
-        const T cj = c[j];
-        for (int64_t i = 0; i < count; ++i) acc[i] += cj * static_cast<T>(z[i]);
+        const C cj = c[j];
+        for (int64_t i = 0; i < count; ++i) acc[i] += cj * static_cast<C>(z[i]);
       }
-      for (int64_t i = 0; i < count; ++i) pp[first + i] += a * acc[i];
+      for (int64_t i = 0; i < count; ++i) pp[first + i] = static_cast<T>(static_cast<C>(pp[first + i]) + a * acc[i]);
     }
   });
 }
 
+constexpr int64_t kRowBlock = 64;  // rows of a half-precision parameter updated per float32 product
+
+// T: the compute type (of coeffs and the factors). A parameter of that type takes one in-place GEMM; a
+// half-precision one takes the product block of rows by block of rows, added in place (rounded once), so no
+// float32 copy of the parameter is made.
 template <typename T>
 void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, int64_t r, double alpha) {
   const int64_t out = p.size(0), in = p.numel() / out, n_ids = coeffs.numel();
   // Stacked factors: sa[o, j r + q] = c_j A_j[o, q] and sb[j r + q, i] = B_j[i, q].
-  at::Tensor sa = at::empty({out, n_ids * r}, p.options());
-  at::Tensor sb = at::empty({n_ids * r, in}, p.options());
+  at::Tensor sa = at::empty({out, n_ids * r}, coeffs.options());
+  at::Tensor sb = at::empty({n_ids * r, in}, coeffs.options());
   T* ap = sa.data_ptr<T>();
   T* bp = sb.data_ptr<T>();
   const T* c = coeffs.data_ptr<T>();
@@ -63,28 +71,38 @@ void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& ke
     }
   });
   at::Tensor p2 = p.view({out, in});
-  p2.addmm_(sa, sb, /*beta=*/1, /*alpha=*/alpha / std::sqrt(static_cast<double>(r)));
+  const double scale = alpha / std::sqrt(static_cast<double>(r));
+  if (p.scalar_type() == coeffs.scalar_type()) {
+    p2.addmm_(sa, sb, /*beta=*/1, /*alpha=*/scale);
+    return;
+  }
+  for (int64_t o0 = 0; o0 < out; o0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, out - o0);
+    p2.narrow(0, o0, rows).add_(at::mm(sa.narrow(0, o0, rows), sb), scale);
+  }
 }
 
 void rpe_update_cpu(const at::Tensor& param, const at::Tensor& coeffs, int64_t seed, int64_t step, int64_t stream,
                     int64_t rank, double alpha) {
   if (param.numel() == 0 || coeffs.numel() == 0) return;
   const int64_t r = param.dim() >= 2 ? rank : 0;  // vectors always take full-rank noise
-  // Work on a contiguous tensor of the compute dtype (the parameter itself when it already is one) and copy
-  // back, so strided views and half-precision parameters are updated without touching anything around them.
   // Detached: the update writes the parameter's data, which autograd must not record (parallel.h).
   const at::ScalarType compute = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor p = param.detach();
-  at::Tensor work = p.to(compute).contiguous();
   const at::Tensor c = coeffs.detach().to(compute).contiguous();
   const NoiseKey key = make_noise_key(seed, step, stream);
-  AT_DISPATCH_FLOATING_TYPES(compute, "rpe_update_", [&] {
-    if (r == 0) {
-      update_full_rank<scalar_t>(work, c, key, alpha);
-    } else {
-      update_low_rank<scalar_t>(work, c, key, r, alpha);
-    }
-  });
+  if (r == 0) {  // in place, whatever the dtype (a strided view through a contiguous copy of itself)
+    at::Tensor work = p.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "rpe_update_", [&] {
+      using C = typename std::conditional<std::is_same<scalar_t, double>::value, double, float>::type;
+      update_full_rank<scalar_t, C>(work, c, key, alpha);
+    });
+    if (!work.is_same(p)) p.copy_(work);
+    return;
+  }
+  // Low rank: a strided view through a contiguous copy of itself, so nothing around it is touched.
+  at::Tensor work = p.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(compute, "rpe_update_", [&] { update_low_rank<scalar_t>(work, c, key, r, alpha); });
   if (!work.is_same(p)) p.copy_(work);
 }
 

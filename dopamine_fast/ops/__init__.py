@@ -83,6 +83,17 @@ def rpe_update_(param: torch.Tensor, coeffs: torch.Tensor, seed: int, step: int,
     return param
 
 
-__all__ = ["noise", "noise_bits", "perturbed_linear", "perturbed_rnn", "rpe_update_", "member_noise_ids",
+def perturb_(param: torch.Tensor, seed: int, step: int, stream: int, noise_id: int, rank: int = 0,
+             alpha: float = 1.0) -> torch.Tensor:
+    """In place: ``param += alpha * eps_j`` for the one noise id ``j = noise_id`` (low rank: ``A_j B_j^T / sqrt(r)``).
+
+    One pass over the parameter, the noise regenerated inside the kernel (nothing of the parameter's size is
+    allocated for a contiguous parameter): the drop-in step's lean mode perturbs, flips and restores with it.
+    """
+    call("perturb_", param, seed, step, stream, noise_id, rank, float(alpha))
+    return param
+
+
+__all__ = ["noise", "noise_bits", "perturbed_linear", "perturbed_rnn", "rpe_update_", "perturb_", "member_noise_ids",
            "num_noise_ids", "low_rank_numel", "expand_noise", "noise_reference", "noise_bits_reference",
            "ACTIVATIONS", "NONLINEARITIES", "SPECS", "OpSpec"]

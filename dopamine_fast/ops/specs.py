@@ -18,6 +18,7 @@ import torch
 from ..backends import triton as triton_backend
 from . import validation
 from .noise import noise_bits_into_reference, noise_into_reference
+from .perturb import perturb_reference
 from .perturbed_linear import perturbed_linear_reference
 from .perturbed_rnn import perturbed_rnn_reference
 from .rpe_update import rpe_update_reference
@@ -25,12 +26,14 @@ from .rpe_update import rpe_update_reference
 try:  # each op's Triton launcher; where Triton cannot be imported, the other backends serve
     from ..backends.triton.noise import noise_ as noise_triton
     from ..backends.triton.noise import noise_bits_ as noise_bits_triton
+    from ..backends.triton.perturb import perturb_ as perturb_triton
     from ..backends.triton.perturbed_linear import perturbed_linear as perturbed_linear_triton
     from ..backends.triton.perturbed_rnn import perturbed_rnn as perturbed_rnn_triton
     from ..backends.triton.rpe_update import rpe_update_ as rpe_update_triton
 except ImportError as err:
     triton_backend.import_failed(err)
-    noise_triton = noise_bits_triton = perturbed_linear_triton = perturbed_rnn_triton = rpe_update_triton = None
+    noise_triton = noise_bits_triton = perturb_triton = perturbed_linear_triton = perturbed_rnn_triton = None
+    rpe_update_triton = None
 
 
 @dataclass(frozen=True)
@@ -93,4 +96,7 @@ SPECS: Dict[str, OpSpec] = {spec.name: spec for spec in (
     OpSpec("rpe_update_",
            "(Tensor(a!) param, Tensor coeffs, int seed, int step, int stream, int rank, float alpha) -> ()",
            rpe_update_reference, _fake_mutating, validation.check_rpe_update_args, "param", rpe_update_triton),
+    OpSpec("perturb_",
+           "(Tensor(a!) param, int seed, int step, int stream, int noise_id, int rank, float alpha) -> ()",
+           perturb_reference, _fake_mutating, validation.check_perturb_args, "param", perturb_triton),
 )}

@@ -188,3 +188,17 @@ def check_rpe_update_args(param, coeffs, seed, step, stream, rank, alpha) -> Non
     if param.numel() > MAX_NUMEL:
         raise ValueError(f"param must have at most 2**34 elements, got {param.numel()}")
     check_written(param, "param")
+
+
+def check_perturb_args(param, seed, step, stream, noise_id, rank, alpha) -> None:
+    check_counter_args(seed, step, stream)
+    if not 0 <= noise_id <= MAX_WORD:
+        raise ValueError(f"noise_id must be in [0, 2**32), got {noise_id}")
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0 (0 is full rank), got {rank}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha}")
+    _check_floating(param, "param")
+    if param.numel() > MAX_NUMEL:
+        raise ValueError(f"param must have at most 2**34 elements, got {param.numel()}")
+    check_written(param, "param")

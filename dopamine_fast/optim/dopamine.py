@@ -16,6 +16,7 @@ from .perturbation_optimizer import GLOBAL_STATE, PerturbationOptimizer, check_n
 SIGNAL_OPTIONS = ("adaptive", "beta_rpe", "beta_loss", "gain_rate", "gain_min", "gain_max")
 # A relative step never uses a parameter scale below this, so zero-initialised tensors still move (Adafactor's eps2).
 MIN_PARAM_SCALE = 1e-3
+NORM_CHUNK = 1 << 18  # elements whose norm is taken at once in float64 (2 MiB)
 
 
 class Dopamine(PerturbationOptimizer):
@@ -78,23 +79,24 @@ class Dopamine(PerturbationOptimizer):
         relative: size each tensor's step by its initial RMS (False: ``lr`` is an absolute step per coordinate).
         seed: noise seed in [0, 2**63).
         max_grad_norm: clip each group's update direction ``u`` to this norm (None: no clipping).
-        on_divergence: "restore" (the default: best weights back, lr halved, a warning), "warn" or "raise" when
-            the loss stays far above the best seen.
+        on_divergence: "restore" (best weights back, lr halved, a warning), "warn" or "raise" when the loss stays
+            far above the best seen; None (default): "restore", or "warn" with ``memory="lean"`` (no weight copy).
         process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
             ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
+        memory: "exact" or "lean" (no weight copy, for large models), as for ``WeightPerturbation``.
     """
 
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, adaptive: bool = True, beta_rpe: float = 0.9,
                  beta_loss: float = 0.9, gain_rate: float = 0.1, gain_min: float = 0.25, gain_max: float = 4.0,
                  relative: bool = True, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: str = "restore", process_group=None):
+                 on_divergence: Optional[str] = None, process_group=None, memory: str = "exact"):
         options = dict(adaptive=adaptive, beta_rpe=beta_rpe, beta_loss=beta_loss, gain_rate=gain_rate,
                        gain_min=gain_min, gain_max=gain_max)
         check_signal_options(options)
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm, relative=relative)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
-                         process_group)
+                         process_group, memory)
         self.state[GLOBAL_STATE]["dopamine"] = {"options": options, **dopamine_rules.initial_state()}
 
     @classmethod
@@ -168,9 +170,22 @@ def param_scales(params) -> tuple:
     """``max(RMS(p), MIN_PARAM_SCALE)`` per tensor: a relative step moves each in proportion to its own size.
 
     The norms are read back together, so a GPU step waits for the device once per group, not once per tensor.
+    They are summed in float64 chunk by chunk through one small buffer: a float64 copy of a whole tensor (or one per
+    chunk, which the heap may not reuse) would cost more memory than ``memory="lean"`` allows.
     """
-    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params]).tolist()
+    if not params:
+        return ()
+    buffer = torch.empty(NORM_CHUNK, dtype=torch.float64, device=params[0].device)
+    norms = torch.stack([_sum_of_squares(p.detach(), buffer) for p in params]).sqrt().tolist()
     return tuple(max(n / math.sqrt(max(p.numel(), 1)), MIN_PARAM_SCALE) for n, p in zip(norms, params))
+
+
+def _sum_of_squares(p: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64, device=p.device)
+    for chunk in p.reshape(-1).split(NORM_CHUNK):
+        b = buffer[:chunk.numel()].copy_(chunk)
+        total += torch.dot(b, b)
+    return total
 
 
 def check_signal_options(options: dict) -> None:

@@ -28,12 +28,12 @@ class Dopamine2(PerturbationOptimizer):
 
     def __init__(self, params, lr: float = 1e-2, sigma: float = 1e-4, num_perturbations: int = 1,
                  antithetic: bool = False, rank: int = 0, beta_s: float = 0.9998, beta_lr: float = 0.9998,
-                 seed: int = 0, max_grad_norm: Optional[float] = None, on_divergence: str = "restore",
-                 process_group=None):
+                 seed: int = 0, max_grad_norm: Optional[float] = None, on_divergence: Optional[str] = None,
+                 process_group=None, memory: str = "exact"):
         _check_betas(beta_s, beta_lr)
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
-                         process_group)
+                         process_group, memory)
         self.state[GLOBAL_STATE]["dopamine2"] = {"beta_s": beta_s, "beta_lr": beta_lr, "rpe_level": None,
                                                  "lr": None}
 

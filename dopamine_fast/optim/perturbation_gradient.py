@@ -32,16 +32,16 @@ class PerturbationGradient(PerturbationOptimizer):
 
     Args:
         params: parameters or parameter groups (groups may set ``sigma`` and ``rank``).
-        sigma, num_perturbations, antithetic, rank, seed, process_group: as for ``WeightPerturbation``.
+        sigma, num_perturbations, antithetic, rank, seed, process_group, memory: as for ``WeightPerturbation``.
     """
 
     def __init__(self, params, sigma: float = 0.05, num_perturbations: int = 16, antithetic: bool = True,
-                 rank: int = 0, seed: int = 0, process_group=None):
+                 rank: int = 0, seed: int = 0, process_group=None, memory: str = "exact"):
         # lr 1 and no clipping: the estimate is written as it is; the optimizer applied after it owns the step, so
         # the guard only warns (restoring weights and halving a rate it does not apply would fight that optimizer).
         defaults = dict(lr=1.0, sigma=sigma, rank=rank, max_grad_norm=None)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence="warn",
-                         process_group=process_group)
+                         process_group=process_group, memory=memory)
 
     def _begin_update(self) -> None:
         for group in self.param_groups:

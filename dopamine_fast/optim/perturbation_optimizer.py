@@ -16,10 +16,13 @@ from ..plan_noise import member_perturbations
 from . import divergence
 from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, staged_updates
 from .interrupts import deferred_interrupts
+from .lean import check_memory, default_on_divergence, evaluate_lean
 
 GLOBAL_STATE = "global"
 # Options of the whole optimizer, not of a param group (a group that sets them is refused, not ignored).
-GLOBAL_OPTIONS = ("num_perturbations", "antithetic", "seed")
+GLOBAL_OPTIONS = ("num_perturbations", "antithetic", "seed", "memory")
+# Entries of state["global"] a loaded state may lack (saved before they existed); the optimizer keeps its own.
+OPTIONAL_STATE = ("optimizer", "memory")
 # Members are 32-bit counter words (docs/noise.md): 1 + K must stay below 2**32.
 MAX_PERTURBATIONS = 2**32 - 2
 # A perturbation sigma * eps (|eps| < 7) this large swamps any trainable weight; the bound catches typos such as
@@ -58,14 +61,16 @@ class PerturbationOptimizer(Optimizer):
     A step evaluates ``M = 1 + K`` members: the unperturbed parameters and K perturbed copies
     (antithetic pairs ``+eps_j, -eps_j`` when asked), with noise regenerated from (seed, step, stream, id)
     and never stored. ``step(closure)`` evaluates them one after the other in place (perturb, evaluate,
-    restore from one O(P) copy); ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator
-    that followed ``plan()`` (the contract: ``dopamine_fast.plan``).
+    restore from one O(P) copy; with ``memory="lean"`` no copy, see ``optim/lean.py``);
+    ``step_from_losses(losses, plan)`` takes the M losses from a batched evaluator that followed ``plan()``
+    (the contract: ``dopamine_fast.plan``).
 
-    Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored bit for bit before the
-    exception goes on, and the step is not counted. A step is atomic against Ctrl-C (and SIGTERM where a handler
-    catches it): restoring a member and applying the update wait for the signal (``interrupts.py``), so the weights
-    end as before the step or as after it. An update that could put a non-finite number into a weight is not
-    written: the step is skipped like one with a non-finite loss. Parameters with ``requires_grad=False`` (frozen at
+    Guarantees: whatever the closure raises (Ctrl-C included) the weights are restored before the exception goes
+    on (bit for bit with ``memory="exact"``, within rounding with ``"lean"``), and the step is not counted. A step
+    is atomic against Ctrl-C (and SIGTERM where a handler catches it): perturbing and restoring a member and
+    applying the update wait for the signal (``interrupts.py``), so the weights end as before the step or as after
+    it. An update that could put a non-finite number into a weight is not written: the step is skipped like one
+    with a non-finite loss. Parameters with ``requires_grad=False`` (frozen at
     construction or later) are skipped like ``torch.optim`` skips those without a gradient: never perturbed nor
     updated, on the in-place and the batched path alike; each parameter keeps its noise stream (its position
     among all the parameters), so freezing one changes no other's noise. Hyperparameters are checked at
@@ -75,13 +80,16 @@ class PerturbationOptimizer(Optimizer):
     """
 
     def __init__(self, params, defaults, num_perturbations: int, antithetic: bool, seed: int,
-                 on_divergence: str = "restore", process_group=None):
+                 on_divergence: Optional[str] = None, process_group=None, memory: str = "exact"):
         num_perturbations, antithetic, seed = map(plain_number, (num_perturbations, antithetic, seed))
+        check_memory(memory)
+        on_divergence = default_on_divergence(memory) if on_divergence is None else on_divergence
         _check_options(num_perturbations, antithetic, seed, on_divergence)
         super().__init__(params, defaults)
         self.state[GLOBAL_STATE] = {"optimizer": type(self).__name__, "step": 0, "skipped_steps": 0, "seed": seed,
                                     "num_perturbations": num_perturbations, "antithetic": antithetic,
-                                    "on_divergence": on_divergence, "divergence": divergence.initial_state()}
+                                    "on_divergence": on_divergence, "divergence": divergence.initial_state(),
+                                    "memory": memory}
         if not any(p.requires_grad for g in self.param_groups for p in g["params"]):
             warnings.warn(f"{type(self).__name__}: no parameter requires grad; frozen parameters "
                           f"(requires_grad=False) are neither perturbed nor updated, so step() changes nothing",
@@ -202,14 +210,19 @@ class PerturbationOptimizer(Optimizer):
 
     def _evaluate_in_place(self, closure: Callable, plan: PerturbationPlan) -> torch.Tensor:
         """The losses of ``plan.local_members`` (all members, or this rank's share of them)."""
-        members = plan.local_members
-        losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
         # Ctrl-C stops the closure at once (its member is undone below) but waits while weights are perturbed or
         # restored, so the weights are never left between two members.
         with deferred_interrupts() as interrupts:
-            if 0 in members:
+            def loss() -> torch.Tensor:
                 with interrupts.allowed():
-                    losses[0] = self._loss_of(closure)
+                    return self._loss_of(closure)
+
+            if self.state[GLOBAL_STATE]["memory"] == "lean":
+                return evaluate_lean(loss, plan)
+            members = plan.local_members
+            losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
+            if 0 in members:
+                losses[0] = loss()
                 if not is_finite(losses[0]):
                     return losses  # the step is skipped: no point evaluating the members
             backup = [pn.param.detach().clone() for pn in plan.params]
@@ -222,8 +235,7 @@ class PerturbationOptimizer(Optimizer):
                 try:
                     for pn, e in zip(plan.params, eps):
                         pn.param.add_(e, alpha=float(signs[m]) * pn.sigma)
-                    with interrupts.allowed():
-                        losses[m - members.start] = self._loss_of(closure)
+                    losses[m - members.start] = loss()
                 finally:  # whatever the closure raised (Ctrl-C included), the weights go back bit for bit
                     for pn, saved in zip(plan.params, backup):
                         pn.param.copy_(saved)
@@ -328,7 +340,10 @@ class PerturbationOptimizer(Optimizer):
         ValueError and leaves this optimizer as it was.
         """
         self._check_state_dict(state_dict)
+        own = self.state[GLOBAL_STATE]
         super().load_state_dict(state_dict)
+        for key in OPTIONAL_STATE:
+            self.state[GLOBAL_STATE].setdefault(key, own[key])
 
     def _check_state_dict(self, state_dict) -> None:
         name = type(self).__name__
@@ -341,15 +356,16 @@ class PerturbationOptimizer(Optimizer):
             raise ValueError(f"the state has no {GLOBAL_STATE!r} entry: it was not saved by a perturbation optimizer")
         if saved.get("optimizer", name) not in {cls.__name__ for cls in type(self).__mro__}:
             raise ValueError(f"the state was saved by {saved['optimizer']}, not {name}")
-        # "optimizer" (the class that saved it) is optional: states saved before it was recorded lack it.
-        missing = sorted(set(current) - set(saved) - {"optimizer"})
-        extra = sorted(set(saved) - set(current) - {"optimizer"})
+        missing = sorted(set(current) - set(saved) - set(OPTIONAL_STATE))
+        extra = sorted(set(saved) - set(current) - set(OPTIONAL_STATE))
         if missing or extra:
             raise ValueError(f"the state does not fit {name}: missing {missing or 'nothing'}, unexpected "
                              f"{extra or 'nothing'} (saved by another optimizer class or version?)")
         check_number("step", saved["step"], low=0, integer=True)
         check_number("skipped_steps", saved["skipped_steps"], low=0, high=saved["step"], integer=True)
         _check_options(saved["num_perturbations"], saved["antithetic"], saved["seed"], saved["on_divergence"])
+        if "memory" in saved:
+            check_memory(saved["memory"])
         divergence.check_state(saved["divergence"])
         self._check_global_state(saved)
         groups = state_dict["param_groups"]

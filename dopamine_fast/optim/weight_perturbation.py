@@ -35,20 +35,22 @@ class WeightPerturbation(PerturbationOptimizer):
         seed: noise seed in [0, 2**63); the same seed gives the same run.
         max_grad_norm: clip the estimate ``g`` of each group to this norm (None: no clipping), as
             ``clip_grad_norm_`` does for back-propagated gradients; costs one O(P) buffer.
-        on_divergence: what to do when the loss stays far above the best seen: "restore" (the default: best
-            weights back, lr halved, a warning), "warn" (once), or "raise" (``DivergenceError``); see
-            ``optim/divergence.py``.
+        on_divergence: what to do when the loss stays far above the best seen: "restore" (best weights back, lr
+            halved, a warning), "warn" (once), or "raise" (``DivergenceError``); see ``optim/divergence.py``. None
+            (default): "restore", or "warn" with ``memory="lean"``, which keeps no copy of the weights.
         process_group: None (one process), a ``torch.distributed`` ProcessGroup or a
             ``dopamine_fast.distributed.Parallel``: ranks share the members (or the batch) and exchange losses.
+        memory: "exact" (default: the drop-in step restores the weights bit for bit from one O(P) copy) or
+            "lean" (no copy and no noise tensors, restored within rounding: for large models, see
+            ``optim/lean.py``).
     """
 
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: str = "restore",
-                 process_group=None):
+                 on_divergence: Optional[str] = None, process_group=None, memory: str = "exact"):
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
-                         process_group)
+                         process_group, memory)
 
     def _update(self, plan, losses):
         delta = reward_prediction_errors(losses, plan.antithetic)

@@ -1,7 +1,7 @@
-"""The Triton backend: its kernels, one module per op (``noise``, ``perturbed_linear``, ``perturbed_rnn``,
-``rpe_update``) with their shared pieces (``philox``: the generator and the member numbering; ``common``: tiles,
-the perturbed matmul, the epilogue), and here whether they can run (on a CUDA device, or on the CPU under
-``TRITON_INTERPRET=1``).
+"""The Triton backend: its kernels, one module per op (``noise``, ``perturb``, ``perturbed_linear``,
+``perturbed_rnn``, ``rpe_update``) with their shared pieces (``philox``: the generator and the member numbering;
+``common``: tiles, the perturbed matmul, the epilogue), and here whether they can run (on a CUDA device, or on
+the CPU under ``TRITON_INTERPRET=1``).
 
 Each kernel module has a plain launcher function named like the op, with the op's signature; ``ops/specs.py``
 imports it into the op's spec. The launchers are not ops of their own: the public op is one opaque node under
