@@ -112,3 +112,19 @@ def test_state_dict_round_trip():
     other = df.Dopamine(model.parameters(), num_perturbations=2, memory="lean")
     other.load_state_dict(old)
     assert other.state["global"]["memory"] == "lean"
+
+
+@pytest.mark.parametrize("cls", [df.WeightPerturbation, df.Dopamine, df.Dopamine2])
+def test_the_guard_keeps_no_weight_copy_in_lean_mode_unless_asked(cls):
+    """The default guard restores the best weights (one O(P) copy); lean mode keeps no copy, so it only warns,
+    and an explicit "restore" is honoured."""
+    def mode(**kw):
+        return cls([torch.nn.Parameter(torch.zeros(3))], **kw).state["global"]["on_divergence"]
+
+    assert (mode(), mode(memory="lean"), mode(memory="lean", on_divergence="restore")) == ("restore", "warn",
+                                                                                             "restore")
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = cls([w], memory="lean")
+    for _ in range(3):
+        opt.step(lambda: (w ** 2).sum())
+    assert "best_weights" not in opt.state[w]

@@ -140,6 +140,16 @@ def is_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(x).all())
 
 
+def start_losses(loss_of: Callable[[], torch.Tensor], members: range) -> Tuple[torch.Tensor, bool]:
+    """NaN losses for ``members``, with the unperturbed model's (member 0) evaluated first where it is among them;
+    False when that loss is not finite (the step will be skipped: no point evaluating the other members)."""
+    losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
+    if 0 in members:
+        losses[0] = loss_of()
+        return losses, is_finite(losses[0])
+    return losses, True
+
+
 def check_scalar_loss(loss, what: str = "closure") -> torch.Tensor:
     """The loss as a 0-d tensor; raises if it is not one value."""
     if not isinstance(loss, torch.Tensor):
@@ -157,6 +167,6 @@ def mean_abs(delta: torch.Tensor) -> float:
     return float(delta.abs().mean()) if delta.numel() else 0.0
 
 
-__all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination", "staged_updates",
+__all__ = ["reward_prediction_errors", "wp_coefficients", "apply_noise_combination", "staged_updates", "start_losses",
            "check_update_finite", "NonFiniteUpdate",
            "check_scalar_loss", "is_finite", "mean_abs"]

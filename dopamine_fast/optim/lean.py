@@ -27,7 +27,7 @@ import torch
 
 from .. import ops
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
-from .functional import is_finite
+from .functional import start_losses
 
 MEMORY_MODES = ("exact", "lean")
 
@@ -53,11 +53,9 @@ def evaluate_lean(loss_of: Callable[[], torch.Tensor], plan: PerturbationPlan) -
     the unperturbed weights (within rounding) before the exception goes on.
     """
     members = plan.local_members
-    losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
-    if 0 in members:
-        losses[0] = loss_of()
-        if not is_finite(losses[0]):
-            return losses  # the step is skipped: no point evaluating the members
+    losses, go_on = start_losses(loss_of, members)
+    if not go_on:
+        return losses
     ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
     offsets: List[Offset] = [None] * len(plan.params)
     try:

@@ -14,7 +14,7 @@ from ..ops.noise import MAX_NUMEL, MAX_SEED, low_rank_numel
 from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from ..plan_noise import member_perturbations
 from . import divergence
-from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, staged_updates
+from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, staged_updates, start_losses
 from .interrupts import deferred_interrupts
 from .lean import check_memory, default_on_divergence, evaluate_lean
 
@@ -220,11 +220,9 @@ class PerturbationOptimizer(Optimizer):
             if self.state[GLOBAL_STATE]["memory"] == "lean":
                 return evaluate_lean(loss, plan)
             members = plan.local_members
-            losses = torch.full((len(members),), float("nan"), dtype=torch.float64)
-            if 0 in members:
-                losses[0] = loss()
-                if not is_finite(losses[0]):
-                    return losses  # the step is skipped: no point evaluating the members
+            losses, go_on = start_losses(loss, members)
+            if not go_on:
+                return losses
             backup = [pn.param.detach().clone() for pn in plan.params]
             ids, signs = member_noise_ids(plan.num_members, True, plan.antithetic)
             eps, eps_id = None, None
