@@ -55,13 +55,14 @@ void perturb_cuda(const at::Tensor& param, int64_t seed, int64_t step, int64_t s
   const c10::cuda::CUDAGuard guard(param.device());
   if (param.numel() == 0) return;
   at::Tensor work = param.is_contiguous() ? param : param.contiguous();
-  const NoiseKey key = key_for(seed, step, stream);
+  const NoiseKey key = make_noise_key(seed, step, stream);
   const uint32_t id = static_cast<uint32_t>(noise_id);
   const int64_t numel = work.numel();
   const auto cuda_stream = at::cuda::getCurrentCUDAStream();
   at::Tensor factors;
   if (rank > 0 && work.dim() >= 2) {
-    factors = normals(1, noise_numel(work.sizes(), rank), key, noise_id, work.options().dtype(at::kFloat));
+    const int64_t out = work.size(0), in = work.numel() / out;  // A: [out, rank], B: [in, rank]
+    factors = normals(1, (out + in) * rank, key, noise_id, work.options().dtype(at::kFloat));
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, work.scalar_type(), "perturb_", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
