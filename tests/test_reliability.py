@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import dopamine_fast as df
+from dopamine_fast.optim import interrupts
 from dopamine_fast.optim.perturbation_optimizer import MAX_PERTURBATIONS
 
 OPTIMIZERS = [df.WeightPerturbation, df.Dopamine]
@@ -336,6 +337,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def test_a_ctrl_c_right_after_grad_mode_is_switched_off_leaves_it_on(monkeypatch):
+    """The window ``torch.no_grad().__enter__`` leaves open (mode off, the ``with`` block not yet entered): a
+    KeyboardInterrupt there must not leave grad mode off for the rest of the session."""
+    switch = torch.set_grad_enabled
+
+    def switch_then_interrupt(mode):
+        switch(mode)
+        if not mode:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "set_grad_enabled", switch_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.no_grad(lambda: None)()
+    monkeypatch.undo()
+    assert torch.is_grad_enabled()
+
+
 @pytest.mark.parametrize("path", ["closure", "population"])
 @pytest.mark.parametrize("cls", OPTIMIZERS)
 def test_ctrl_c_anywhere_in_a_step_leaves_the_weights_before_or_after_it_bit_for_bit(cls, path, one_thread):
@@ -363,7 +381,9 @@ def test_ctrl_c_anywhere_in_a_step_leaves_the_weights_before_or_after_it_bit_for
         else:  # the same losses, from the model (whose weights the clone's equal)
             clone_opt.step_from_losses(pop(opt.plan(), x, y))
         after = snapshot(clone)
-        if not step_with_sigint_after(rng.uniform(1e-5, 1.2 * duration), step_of(model, opt, pop)):
+        interrupted = step_with_sigint_after(rng.uniform(1e-5, 1.2 * duration), step_of(model, opt, pop))
+        assert torch.is_grad_enabled()  # the step's no-grad mode never outlives it, even when interrupted
+        if not interrupted:
             outcomes["after"] += 1
             assert_bit_equal(model, after)
             continue
@@ -513,14 +533,13 @@ def test_a_parameter_listed_twice_in_one_group_is_refused(cls):
 
 
 def test_deferred_interrupts_deliver_every_signal_to_the_handler_they_were_meant_for():
-    from dopamine_fast.optim.interrupts import deferred_interrupts
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))  # records, like the CLI's
     try:
-        with deferred_interrupts() as interrupts:
+        with interrupts.deferred_interrupts() as deferral:
             signal.raise_signal(signal.SIGINT)
             assert seen == []  # a critical section: it waits
-            with interrupts.allowed():
+            with deferral.allowed():
                 assert seen == [signal.SIGINT]  # delivered on entering the interruptible stretch
                 signal.raise_signal(signal.SIGINT)
                 assert len(seen) == 2  # inside it, at once: the stretch stays open after a handler that returns

@@ -21,10 +21,13 @@ arrives: Python delivers signals to the main thread).
 from __future__ import annotations
 
 import _signal  # the C functions behind signal.signal, without its enum wrapping (~20 us a step on a small model)
+import functools
 import signal
 import threading
 from contextlib import contextmanager
 from typing import Callable, Dict, List
+
+import torch
 
 
 class _Deferral:
@@ -95,4 +98,23 @@ def _restore(deferral: _Deferral) -> None:
         _signal.signal(signum, handler)
 
 
-__all__ = ["deferred_interrupts"]
+def no_grad(fn: Callable) -> Callable:
+    """``torch.no_grad()`` as a decorator that a Ctrl-C cannot leave switched on.
+
+    ``torch.no_grad().__enter__`` turns grad mode off and then runs more Python code; an interrupt landing there
+    escapes before the ``with`` block owns the mode, and grad mode stays off for the rest of the session. Here the
+    mode is switched inside the ``try`` whose ``finally`` restores it.
+    """
+    @functools.wraps(fn)
+    def without_grad(*args, **kwargs):
+        previous = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(False)
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_grad_enabled(previous)
+
+    return without_grad
+
+
+__all__ = ["deferred_interrupts", "no_grad"]

@@ -15,7 +15,7 @@ from ..plan import ParamNoise, PerturbationPlan, member_noise_ids
 from ..plan_noise import member_perturbations
 from . import divergence
 from .functional import NonFiniteUpdate, check_scalar_loss, is_finite, staged_updates, start_losses
-from .interrupts import deferred_interrupts
+from .interrupts import deferred_interrupts, no_grad
 from .lean import check_memory, default_on_divergence, evaluate_lean
 
 GLOBAL_STATE = "global"
@@ -180,7 +180,7 @@ class PerturbationOptimizer(Optimizer):
         return PerturbationPlan(st["seed"], st["step"], self.num_members, st["antithetic"], tuple(params))
 
     # -- stepping --------------------------------------------------------------------------------------------
-    @torch.no_grad()
+    @no_grad
     def step(self, closure: Optional[Callable] = None, *, population: Optional[Callable] = None, inputs=None,
              targets=None) -> float:
         """One step with a closure that returns the model's current loss (evaluated without backward).
@@ -249,7 +249,7 @@ class PerturbationOptimizer(Optimizer):
                                f"torch.no_grad and needs no gradients: return the loss without calling backward() "
                                f"(autograd said: {err})") from err
 
-    @torch.no_grad()
+    @no_grad
     def step_from_losses(self, losses: torch.Tensor, plan: Optional[PerturbationPlan] = None) -> float:
         """Finish this step from the losses of its ``1 + K`` members, as a batched evaluator computed them.
 

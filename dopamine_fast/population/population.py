@@ -8,6 +8,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..optim.interrupts import no_grad
 from ..plan import ParamNoise, PerturbationPlan
 from .fused import FusedCall, FusedProgram, Unsupported, aligned_chunk, member_chunks
 from .generic import GenericPath
@@ -99,7 +100,7 @@ class Population:
             self._off_reason = str(why)
             self._announce(self._off_reason, stacklevel=stacklevel)
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, plan: PerturbationPlan, inputs, targets) -> torch.Tensor:
         """The losses of the plan's members on ``(inputs, targets)``: [1 + K], or [len(plan.members)] for a
         plan restricted to one rank's share (``dopamine_fast.distributed``).
