@@ -65,6 +65,26 @@ def test_backend_matches_reference(backend, device, activation, rank, dtype):
         torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
+def test_low_rank_many_members_at_batch_one(backend, device, shared, rank):
+    # Batch 1 and 101 members: the C++ kernel generates the low-rank factors a few members at a time inside
+    # blocks of many members, so chunk and block boundaries fall inside the call.
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is far too slow at this size")
+    g = torch.Generator().manual_seed(4)
+    k = 101
+    x = torch.randn((1, IN) if shared else (k, 1, IN), generator=g)
+    w, b = torch.randn(OUT, IN, generator=g) / IN**0.5, torch.randn(OUT, generator=g)
+    kwargs = dict(num_members=k, rank=rank, baseline=True, antithetic=True, activation="tanh", **ARGS)
+    with use_backend("reference"):
+        expected = ops.perturbed_linear(x, w, b, **kwargs)
+    with use_backend(backend):
+        got = ops.perturbed_linear(x.to(device), w.to(device), b.to(device), **kwargs)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[torch.float32])
+
+
 @pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
 def test_backend_without_bias(backend, device):
     x, w, _ = make(torch.float32, True, device)

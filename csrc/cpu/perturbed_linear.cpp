@@ -5,7 +5,9 @@
 // GEMM serves all B rows of the member (both members of an antithetic pair reuse the draw). Memory is one
 // weight per thread, never K x P. Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r)
 // from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T (blocks on the
-// member grid of member_blocks.h).
+// member grid of member_blocks.h). The factors and perturbed biases are generated inside each block, a few
+// members at a time, so that beside the output the call holds O(threads x r (out + in)), not O(K r (out + in)):
+// at batch 1 the factors of all K members would outweigh the output itself.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -27,6 +29,7 @@ namespace dopamine_fast {
 namespace {
 
 constexpr int64_t kBlockRows = 256;  // rows (members x batch) of one low-rank task: they stay in cache
+constexpr int64_t kFactorMembers = 32;  // members whose factors are generated at once inside a low-rank block
 
 struct LinearArgs {
   at::Tensor x;                  // [B, in] (shared) or [K, B, in], contiguous, the weight's dtype
@@ -89,12 +92,9 @@ void add_block_gemm(at::Tensor y, const at::Tensor& x, const at::Tensor& weight,
 }
 
 template <typename T>
-at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases) {
+at::Tensor linear_low_rank(const LinearArgs& a) {
   const int64_t out = a.weight.size(0), in = a.weight.size(1), k = a.num_members, rows = a.x.size(-2);
   const bool shared = a.x.dim() == 2;
-  const auto factors =
-      cpu::member_factors(out, in, a.rank, a.weight_key,
-                          cpu::Members{a.first_member, k, a.baseline, a.antithetic, a.sigma}, a.weight.options());
   at::Tensor y = at::empty({k, rows, out}, a.weight.options());
   // A shared x needs x W^T once, added row by row; otherwise each block's GEMM adds it while the block's
   // rows are still in cache.
@@ -104,12 +104,23 @@ at::Tensor linear_low_rank(const LinearArgs& a, const std::optional<at::Tensor>&
   cpu::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t blk0, int64_t blk1) {
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t k0 = blocks[blk].first, nk = blocks[blk].count;
-      cpu::low_rank_rows<T>(y.data_ptr<T>() + k0 * rows * out, nk, rows, out, r,
-                            shared ? base.data_ptr<T>() : nullptr,
-                            biases ? biases->data_ptr<T>() + k0 * out : nullptr,
-                            {cpu::LowRankTerm<T>{a.x.data_ptr<T>() + k0 * x_member, x_member, in, in,
-                                                 factors.first.data_ptr<T>() + k0 * r * out,
-                                                 factors.second.data_ptr<T>() + k0 * r * in}});
+      // Each row's result depends on its own member's factors only, so the chunking leaves every bit alone. Chunks
+      // end on a grid of perturbed members, so that no antithetic pair is split and each draws its noise once.
+      const int64_t offset = a.baseline ? 1 : 0;
+      for (int64_t c0 = k0, c1; c0 < k0 + nk; c0 = c1) {
+        const int64_t g = a.first_member + c0;
+        // (-1 / kFactorMembers is 0: the baseline member joins the first chunk.)
+        const int64_t grid_end = offset + ((g - offset) / kFactorMembers + 1) * kFactorMembers;
+        c1 = std::min(k0 + nk, grid_end - a.first_member);
+        const cpu::Members mem{g, c1 - c0, a.baseline, a.antithetic, a.sigma};
+        const auto factors = cpu::member_factors(out, in, r, a.weight_key, mem, a.weight.options());
+        const at::Tensor biases = a.bias ? cpu::member_vectors(*a.bias, a.bias_key, mem) : at::Tensor();
+        cpu::low_rank_rows<T>(y.data_ptr<T>() + c0 * rows * out, mem.count, rows, out, r,
+                              shared ? base.data_ptr<T>() : nullptr,
+                              biases.defined() ? biases.data_ptr<T>() : nullptr,
+                              {cpu::LowRankTerm<T>{a.x.data_ptr<T>() + c0 * x_member, x_member, in, in,
+                                                   factors.first.data_ptr<T>(), factors.second.data_ptr<T>()}});
+      }
       at::Tensor yb = y.narrow(0, k0, nk);
       if (!shared) add_block_gemm(yb, a.x.narrow(0, k0, nk), a.weight, blocks[blk]);
       cpu::apply_activation_(yb, a.act);
@@ -139,18 +150,18 @@ at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c
                baseline,
                antithetic,
                act};
-  const std::optional<at::Tensor> biases =
-      a.bias ? std::optional<at::Tensor>(cpu::member_vectors(
-                   *a.bias, a.bias_key, cpu::Members{first_member, num_members, baseline, antithetic, sigma}))
-             : std::nullopt;
   at::Tensor y;
   AT_DISPATCH_FLOATING_TYPES(compute, "perturbed_linear", [&] {
     if (rank > 0) {
-      y = linear_low_rank<scalar_t>(a, biases);
-    } else {
-      y = at::empty({num_members, x.size(-2), weight.size(0)}, a.weight.options());
-      if (y.numel() > 0) linear_full_rank<scalar_t>(a, biases, y);
+      y = linear_low_rank<scalar_t>(a);
+      return;
     }
+    const std::optional<at::Tensor> biases =
+        a.bias ? std::optional<at::Tensor>(cpu::member_vectors(
+                     *a.bias, a.bias_key, cpu::Members{first_member, num_members, baseline, antithetic, sigma}))
+               : std::nullopt;
+    y = at::empty({num_members, x.size(-2), weight.size(0)}, a.weight.options());
+    if (y.numel() > 0) linear_full_rank<scalar_t>(a, biases, y);
   });
   return y.to(dtype);
 }

@@ -1,7 +1,7 @@
 // CPU kernel of rpe_update_: param += alpha * sum_j coeffs[j] * eps_j, the noise regenerated, never stored.
 //
 // Full rank: one pass over the parameter in element runs (parallel over runs); each run accumulates every id's
-// normals in a small buffer. Low rank: sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
+// normals in a small buffer (a small parameter: groups of ids in parallel instead). Low rank: sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -18,30 +18,61 @@ namespace dopamine_fast {
 namespace {
 
 constexpr int64_t kRun = 2048;  // elements per task: the accumulator and noise buffer stay in L1
+constexpr int64_t kFewRuns = 8;  // below this many runs the ids, not the runs, are split across threads
+constexpr int64_t kIdGroup = 64;  // ids summed per task when the ids are split
+
+// acc[0, count) += sum_{j in [j0, j1)} c_j eps_j[first, first + count), in id order.
+template <typename C>
+void accumulate_ids(C* acc, const C* c, int64_t j0, int64_t j1, const NoiseKey& key, int64_t first, int64_t count,
+                    float* z) {
+  for (int64_t j = j0; j < j1; ++j) {
+    if (c[j] == C(0)) continue;  // e.g. the baseline member's id: nothing to add, nothing to generate
+    cpu::noise_normals(key, static_cast<uint32_t>(j), first, count, z);
+    const C cj = c[j];
+    for (int64_t i = 0; i < count; ++i) acc[i] += cj * static_cast<C>(z[i]);
+  }
+}
 
 // T: the parameter's storage type; C: the compute type of the sums and coeffs (float, double for double), so a
 // half-precision parameter is updated in place, rounded once, without a float32 copy of it.
 template <typename T, typename C>
 void update_full_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, double alpha) {
-  const int64_t numel = p.numel(), n_ids = coeffs.numel();
+  const int64_t numel = p.numel(), n_ids = coeffs.numel(), runs = (numel + kRun - 1) / kRun;
   T* pp = p.data_ptr<T>();
   const C* c = coeffs.data_ptr<C>();
   const C a = static_cast<C>(alpha);
-  cpu::parallel_for(0, (numel + kRun - 1) / kRun, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<float> z(kRun);
-    std::vector<C> acc(kRun);
-    for (int64_t run = r0; run < r1; ++run) {
-      const int64_t first = run * kRun, count = std::min(kRun, numel - first);
-      std::fill(acc.begin(), acc.begin() + count, C(0));
-      for (int64_t j = 0; j < n_ids; ++j) {
-        if (c[j] == C(0)) continue;  // e.g. the baseline member's id: nothing to add, nothing to generate
-        cpu::noise_normals(key, static_cast<uint32_t>(j), first, count, z.data());
-        const C cj = c[j];
-        for (int64_t i = 0; i < count; ++i) acc[i] += cj * static_cast<C>(z[i]);
+  if (runs >= kFewRuns || n_ids <= kIdGroup) {  // parallel over runs, each summing every id
+    cpu::parallel_for(0, runs, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<float> z(kRun);
+      std::vector<C> acc(kRun);
+      for (int64_t run = r0; run < r1; ++run) {
+        const int64_t first = run * kRun, count = std::min(kRun, numel - first);
+        std::fill(acc.begin(), acc.begin() + count, C(0));
+        accumulate_ids(acc.data(), c, 0, n_ids, key, first, count, z.data());
+        for (int64_t i = 0; i < count; ++i) {
+          pp[first + i] = static_cast<T>(static_cast<C>(pp[first + i]) + a * acc[i]);
+        }
       }
-      for (int64_t i = 0; i < count; ++i) pp[first + i] = static_cast<T>(static_cast<C>(pp[first + i]) + a * acc[i]);
+    });
+    return;
+  }
+  // A small parameter with many ids (a bias at large K) would run on one thread: its ids are split into groups
+  // summed in parallel, then added in group order, so the bits do not depend on the thread count.
+  const int64_t groups = (n_ids + kIdGroup - 1) / kIdGroup;
+  std::vector<C> partial(groups * numel, C(0));
+  cpu::parallel_for(0, runs * groups, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> z(kRun);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t run = t / groups, g = t % groups, first = run * kRun, count = std::min(kRun, numel - first);
+      accumulate_ids(partial.data() + g * numel + first, c, g * kIdGroup, std::min(n_ids, (g + 1) * kIdGroup), key,
+                     first, count, z.data());
     }
   });
+  for (int64_t i = 0; i < numel; ++i) {
+    C sum = 0;
+    for (int64_t g = 0; g < groups; ++g) sum += partial[g * numel + i];
+    pp[i] = static_cast<T>(static_cast<C>(pp[i]) + a * sum);
+  }
 }
 
 constexpr int64_t kRowBlock = 64;  // rows of a half-precision parameter updated per float32 product
@@ -52,33 +83,36 @@ constexpr int64_t kRowBlock = 64;  // rows of a half-precision parameter updated
 template <typename T>
 void update_low_rank(at::Tensor& p, const at::Tensor& coeffs, const NoiseKey& key, int64_t r, double alpha) {
   const int64_t out = p.size(0), in = p.numel() / out, n_ids = coeffs.numel();
-  // Stacked factors: sa[o, j r + q] = c_j A_j[o, q] and sb[j r + q, i] = B_j[i, q].
-  at::Tensor sa = at::empty({out, n_ids * r}, coeffs.options());
+  // Stacked factors, each id's written contiguously: sa_t[j r + q, o] = c_j A_j[o, q] and sb[j r + q, i] = B_j[i, q];
+  // the GEMM reads sa_t transposed.
+  at::Tensor sa_t = at::empty({n_ids * r, out}, coeffs.options());
   at::Tensor sb = at::empty({n_ids * r, in}, coeffs.options());
-  T* ap = sa.data_ptr<T>();
+  T* ap = sa_t.data_ptr<T>();
   T* bp = sb.data_ptr<T>();
   const T* c = coeffs.data_ptr<T>();
   cpu::parallel_for(0, n_ids, 1, [&](int64_t j0, int64_t j1) {
     std::vector<float> v((out + in) * r);
     for (int64_t j = j0; j < j1; ++j) {
       cpu::noise_normals(key, static_cast<uint32_t>(j), 0, (out + in) * r, v.data());
-      for (int64_t o = 0; o < out; ++o) {
-        for (int64_t q = 0; q < r; ++q) ap[o * n_ids * r + j * r + q] = c[j] * static_cast<T>(v[o * r + q]);
-      }
-      for (int64_t i = 0; i < in; ++i) {
-        for (int64_t q = 0; q < r; ++q) bp[(j * r + q) * in + i] = static_cast<T>(v[out * r + i * r + q]);
+      const float* __restrict va = v.data();
+      const float* __restrict vb = v.data() + out * r;
+      for (int64_t q = 0; q < r; ++q) {
+        T* __restrict aq = ap + (j * r + q) * out;
+        T* __restrict bq = bp + (j * r + q) * in;
+        for (int64_t o = 0; o < out; ++o) aq[o] = c[j] * static_cast<T>(va[o * r + q]);
+        for (int64_t i = 0; i < in; ++i) bq[i] = static_cast<T>(vb[i * r + q]);
       }
     }
   });
   at::Tensor p2 = p.view({out, in});
   const double scale = alpha / std::sqrt(static_cast<double>(r));
   if (p.scalar_type() == coeffs.scalar_type()) {
-    p2.addmm_(sa, sb, /*beta=*/1, /*alpha=*/scale);
+    p2.addmm_(sa_t.t(), sb, /*beta=*/1, /*alpha=*/scale);
     return;
   }
   for (int64_t o0 = 0; o0 < out; o0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, out - o0);
-    p2.narrow(0, o0, rows).add_(at::mm(sa.narrow(0, o0, rows), sb), scale);
+    p2.narrow(0, o0, rows).add_(at::mm(sa_t.narrow(1, o0, rows).t(), sb), scale);
   }
 }
 
