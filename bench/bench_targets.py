@@ -1,11 +1,13 @@
-"""Issue 10's speed targets, each ratio measured side by side: one Dopamine step through the public API over the
-inference floor, on the MLP 3x256 at K = 1024.
+"""Issue 10's and issue 21's speed and memory targets on the MLP 3x256 at K = 1024, measured side by side in one run.
 
-Per round, the floor (one plain forward of the unperturbed network on all (K+1)*B rows) and
-``opt.step(population=df.Population(model), inputs=x, targets=y)`` at rank 1, rank 4 and full rank are timed one
-after the other, so that load on a shared machine falls on all alike; each row holds the median over rounds of the
-per-round time and of the per-round ratio to the floor. Targets: B = 32 rank 1 <= 1.3x, full rank <= 3x;
-B = 1 rank 1 <= 3x. Writes ``targets.csv``.
+Per batch (32, then 1) and per round, one after the other, so that load on a shared machine falls on all alike: the
+floor (one plain forward of the unperturbed network on all (K+1)*B rows), a whole Dopamine step through the public
+API (``opt.step(population=df.Population(model), inputs=x, targets=y)``) at rank 1, rank 4 and full rank, the
+evaluation alone (``df.Population(model)(opt.plan(), x, y)``) at rank 1 and full rank, EvoTorch's evaluation of a
+ready population of K+1 members (where EvoTorch is installed) and, at batch 32, a square 2048x2048 matmul (the
+yardstick of the matmul rate). Each row holds the median over rounds of the time and of the per-round ratios; then
+the peak memory of the rank-1 evaluation and of the floor. Writes ``targets.csv``: a row per way, and a row per
+target (``method=target``: what, value, bound, verdict).
 
     python bench/bench_targets.py [--threads 2] [--out DIR] [--quick]
 """
@@ -15,54 +17,118 @@ from __future__ import annotations
 import statistics
 import time
 
+import torch
+
 import common
 import dopamine_fast as df
+from peers import EvoTorchPeer, evotorch_status
 from workloads import dopamine, floor_inputs, floor_loss, make_workload
 
 SIGMA = 0.05
-TARGETS = {(32, 1): 1.3, (32, 0): 3.0, (1, 1): 3.0}  # (batch, rank) -> bound on step time / floor time
-GRID = {"quick": ("mlp32", 8, (4, 1), 3), "full": ("mlp256", 1024, (32, 1), 9)}  # model, K, batches, rounds
-COLUMNS = ["model", "batch", "K", "method", "rank", "path", "ratio_to_floor", "bound", "verdict"]
+SQUARE = 2048  # the square matmul of the matmul-rate yardstick (common.matmul_flops's CPU size)
+GRID = {"quick": ("mlp32", 8, (32, 1), 3), "full": ("mlp256", 1024, (32, 1), 9)}  # model, K, batches, rounds
+# (what, batch, method, rank, column, bound, lower is better)
+TARGETS = [
+    ("rank-1 step / floor", 32, "dopamine_step", 1, "ratio_to_floor", 1.3, True),
+    ("full-rank step / floor", 32, "dopamine_step", 0, "ratio_to_floor", 3.0, True),
+    ("rank-1 step / floor", 1, "dopamine_step", 1, "ratio_to_floor", 3.0, True),
+    ("rank-1 evaluation matmul FLOP/s / square matmul's", 32, "population_eval", 1, "matmul_fraction", 0.7, False),
+    ("rank-1 evaluation, speedup vs EvoTorch's evaluation", 1, "population_eval", 1, "speedup_vs_evotorch", 40.0,
+     False),
+    ("full-rank evaluation, speedup vs EvoTorch's evaluation", 1, "population_eval", 0, "speedup_vs_evotorch", 1.0,
+     False),
+    ("peak memory of the rank-1 evaluation / floor's", 1, "population_eval", 1, "peak_vs_floor", 2.0, True),
+]
+COLUMNS = ["model", "batch", "K", "method", "rank", "path", "target", "value", "bound", "verdict"]
+DERIVED = ["ratio_to_floor", "speedup_vs_evotorch", "matmul_fraction", "peak_vs_floor"]
+
+
+def ways_for(w, k, batch, pops):
+    """The ways timed in each round, keyed (method, rank)."""
+    xf, yf = floor_inputs(w, k + 1)
+    ways = {("floor", ""): lambda: floor_loss(w, xf, yf)}
+    for rank in (1, 4, 0):
+        opt = dopamine(w, k, rank, SIGMA)
+        ways[("dopamine_step", rank)] = lambda opt=opt: opt.step(population=pops["step"], inputs=w.x, targets=w.y)
+    for rank in (1, 0):
+        plan = dopamine(w, k, rank, SIGMA).plan()
+        ways[("population_eval", rank)] = lambda plan=plan: pops["eval"](plan, w.x, w.y)
+    if evotorch_status() is None:
+        ways[("evotorch_eval", "full")] = EvoTorchPeer(w, k, SIGMA).evaluate
+    if batch >= 32:
+        a, b = torch.randn(SQUARE, SQUARE), torch.randn(SQUARE, SQUARE)
+        ways[("square_matmul", "")] = lambda: torch.mm(a, b)
+    return ways
+
+
+def run_batch(rec, model, k, batch, rounds, device):
+    w = make_workload(model, batch, device)
+    pops = {"step": df.Population(w.model), "eval": df.Population(w.model)}
+    ways = ways_for(w, k, batch, pops)
+    for fn in ways.values():  # warm-up
+        fn()
+    times = {key: [] for key in ways}
+    for _ in range(rounds):
+        if rec.out_of_time():
+            break
+        for key, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            common.synchronize(device)
+            times[key].append(time.perf_counter() - t0)
+    base = dict(model=model, batch=batch, K=k)
+    if not times[("floor", "")]:
+        rec.skip(f"skipped: the script's budget of {rec.args.budget_s:g} s was spent", method="all", **base)
+        return
+    peaks = {key: common.peak_memory_mb(ways[key], device) for key in (("floor", ""), ("population_eval", 1))}
+
+    def per_round(key, ratio):  # median over rounds of a per-round ratio against another way
+        return statistics.median(ratio(t, o) for t, o in zip(times[key[0]], times[key[1]])) if key[1] in times \
+            else float("nan")
+
+    flops = w.matmul_flops((k + 1) * batch)
+    for (method, rank), ts in times.items():
+        if method == "square_matmul":
+            continue
+        key = (method, rank)
+        row = rec.record({"time_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "repeats": len(ts)},
+                         peak_mb=peaks.get(key, float("nan")), method=method, rank=rank,
+                         path=pops["eval" if method == "population_eval" else "step"].last_path
+                         if method in ("population_eval", "dopamine_step") else "", **base)
+        row["ratio_to_floor"] = per_round((key, ("floor", "")), lambda t, f: t / f)
+        if method == "population_eval":
+            row["speedup_vs_evotorch"] = per_round((key, ("evotorch_eval", "full")), lambda t, e: e / t)
+            # The square matmul's rate in the same round: 2 n^3 / its time.
+            row["matmul_fraction"] = per_round((key, ("square_matmul", "")),
+                                               lambda t, m: (flops / t) / (2 * SQUARE**3 / m))
+            floor_peak = peaks[("floor", "")]
+            row["peak_vs_floor"] = peaks[key] / floor_peak if key in peaks and floor_peak > 0 else float("nan")
+        print(f"  B={batch} {method} rank={rank}: {row['time_s'] * 1e3:.2f} ms, {row['ratio_to_floor']:.2f}x the floor"
+              + "".join(f", {c} {row[c]:.3g}" for c in DERIVED[1:] if c in row), flush=True)
+
+
+def judge(rec):
+    """A row per target, from the ways' rows."""
+    for what, batch, method, rank, column, bound, lower in TARGETS:
+        rows = [r for r in rec.rows if r.get("batch") == batch and r.get("method") == method
+                and r.get("rank") == rank and r.get("status") == "ok"]
+        value = rows[0].get(column, float("nan")) if rows else float("nan")
+        verdict = ("not measured" if value != value
+                   else "met" if (value <= bound if lower else value >= bound) else "missed")
+        rec.record({}, method="target", model=rows[0]["model"] if rows else "", batch=batch,
+                   K=rows[0]["K"] if rows else "", rank=rank, target=f"B={batch}: {what}", value=value,
+                   bound=f"{'<=' if lower else '>='} {bound:g}", verdict=verdict)
+        print(f"  B={batch}: {what}: {value:.3g} (target {'<=' if lower else '>='} {bound:g}): {verdict}", flush=True)
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], budget_s=240, cuda_budget_s=60)
+    args = common.parse_args(__doc__.splitlines()[0], budget_s=600, cuda_budget_s=120)
     model, k, batches, rounds = GRID["quick" if args.quick else "full"]
-    rec = common.Recorder("targets", args, COLUMNS)
+    rec = common.Recorder("targets", args, COLUMNS, DERIVED)
     for batch in batches:
-        w = make_workload(model, batch, args.device)
-        xf, yf = floor_inputs(w, k + 1)
-        pop = df.Population(w.model)
-        ways = {("floor", ""): lambda: floor_loss(w, xf, yf)}
-        for rank in (1, 4, 0):
-            opt = dopamine(w, k, rank, SIGMA)
-            ways[("dopamine_step", rank)] = lambda opt=opt: opt.step(population=pop, inputs=w.x, targets=w.y)
-        for fn in ways.values():  # warm-up
-            fn()
-        times = {key: [] for key in ways}
-        for _ in range(rounds):
-            if rec.out_of_time():
-                break
-            for key, fn in ways.items():
-                t0 = time.perf_counter()
-                fn()
-                common.synchronize(args.device)
-                times[key].append(time.perf_counter() - t0)
-        floor = times[("floor", "")]
-        for (method, rank), ts in times.items():
-            if not ts:
-                rec.skip(f"skipped: the script's budget of {args.budget_s:g} s was spent", model=model, batch=batch,
-                         K=k, method=method, rank=rank)
-                continue
-            ratio = statistics.median(t / f for t, f in zip(ts, floor))
-            bound = TARGETS.get((batch, rank)) if method != "floor" else None
-            timing = {"time_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts), "repeats": len(ts)}
-            rec.record(timing, model=model, batch=batch, K=k, method=method, rank=rank,
-                       path=pop.last_path if method != "floor" else "", ratio_to_floor=ratio, bound=bound,
-                       verdict="" if bound is None else "met" if ratio <= bound else "missed")
-            print(f"  B={batch} {method} rank={rank}: {timing['time_s'] * 1e3:.1f} ms, {ratio:.2f}x the floor"
-                  + (f" (target <= {bound}x: {rec.rows[-1]['verdict']})" if bound else ""), flush=True)
-    rec.write(meta={"sigma": SIGMA, "rounds": rounds})
+        run_batch(rec, model, k, batch, rounds, args.device)
+    judge(rec)
+    rec.write(meta={"sigma": SIGMA, "rounds": rounds, "evotorch": evotorch_status() or "installed"})
 
 
 if __name__ == "__main__":
