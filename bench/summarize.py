@@ -207,7 +207,12 @@ def targets_section(out: Path) -> List[str]:
             peer = fastest(pop, method=method, batch=batch, **c)
             ratio = float(peer["time_s"]) / float(best_step["time_s"]) if peer and best_step else None
             check(f"B={batch}: Dopamine step speedup vs {name} step", ratio, bound, True)
-    return ["## Targets (MLP 3×256, K=1024)", ""] + table(["target", "measured", "bound", ""], body)
+    head = ["## Targets (MLP 3×256, K=1024)", ""]
+    machine = meta(out, "targets").get("machine")
+    if machine:  # bench_targets.py may run on another machine than the suite: say which
+        head += [f"bench_targets.py ran on {machine.get('cpu')} ({machine.get('torch_threads')} threads, load "
+                 f"average {machine.get('load_average_1_5_15min')}); the other rows on the machine above.", ""]
+    return head + table(["target", "measured", "bound", ""], body)
 
 
 def step_section(out: Path) -> List[str]:
