@@ -2,11 +2,14 @@
 
     python bench/bench_defaults.py --threads 1                  # writes bench/results/defaults_cpu/
     python bench/bench_defaults.py --seeds 3 --out /tmp/defaults  # a quick check
+    python bench/bench_defaults.py --steps 5000 --optimizers dopamine --out DIR   # issue 18's long runs
 
 A seed *diverged* when its last loss is not finite, above its first, or the divergence guard fired; *trained* when
-its last loss is below half its first. Cases: the README's two snippets, XOR 2-2-1 and 2-8-1, two moons with
-cross-entropy, and the five built-in tasks at their family defaults (``dopamine-fast train``'s), all with Dopamine
-and, beside it, WeightPerturbation's defaults.
+its last loss is below half its first; *rose late* when its training loss's EMA ended more than 1.5x above its
+minimum (``report.late_rise``). Cases: the README's two snippets, XOR 2-2-1 and 2-8-1 in +-1 coding (tanh output),
+XOR 2-H-1 in 0/1 coding (linear output) for H = 2, 4, 8, 16, two moons with cross-entropy, and the five built-in
+tasks at their family defaults (``dopamine-fast train``'s), with Dopamine and, beside it, WeightPerturbation's
+defaults. ``--steps`` replaces every case's own step count.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import dopamine_fast as df  # noqa: E402
 from dopamine_fast.experiments import hparams_for, train  # noqa: E402
-from dopamine_fast.experiments.report import format_table, write_csv  # noqa: E402
+from dopamine_fast.experiments.report import format_table, late_rise, write_csv  # noqa: E402
 from dopamine_fast.tasks import get_task  # noqa: E402
 from dopamine_fast.tasks.moons import two_moons  # noqa: E402
 
 XOR_X = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 XOR_Y = torch.tensor([[-1.0], [1.0], [1.0], [-1.0]])
+XOR01_X, XOR01_Y = (XOR_X + 1) / 2, (XOR_Y + 1) / 2
+OPTIMIZERS = {"dopamine": df.Dopamine, "wp": df.WeightPerturbation}
 
 
 def closure_run(cls, model, loss_fn, steps, seed):
@@ -40,22 +45,24 @@ def closure_run(cls, model, loss_fn, steps, seed):
     return [opt.step(lambda: loss_fn(model)) for _ in range(steps)]
 
 
-def xor_case(hidden, final_tanh):
-    def run(cls, seed):
+def xor_case(hidden, final_tanh, coding="pm"):
+    x, y = (XOR_X, XOR_Y) if coding == "pm" else (XOR01_X, XOR01_Y)
+
+    def run(cls, seed, steps):
         torch.manual_seed(seed)
         layers = [nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1)] + ([nn.Tanh()] if final_tanh else [])
-        return closure_run(cls, nn.Sequential(*layers), lambda m: ((m(XOR_X) - XOR_Y) ** 2).mean(), 300, seed)
+        return closure_run(cls, nn.Sequential(*layers), lambda m: ((m(x) - y) ** 2).mean(), steps, seed)
     return run
 
 
-def moons_run(cls, seed):
+def moons_run(cls, seed, steps):
     torch.manual_seed(seed)
     x, y = two_moons(256, seed)
     model = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))
-    return closure_run(cls, model, lambda m: nn.functional.cross_entropy(m(x), y), 300, seed)
+    return closure_run(cls, model, lambda m: nn.functional.cross_entropy(m(x), y), steps, seed)
 
 
-def readme_rnn_run(cls, seed):
+def readme_rnn_run(cls, seed, steps):
     """The README's fast-path snippet: an Elman RNN, 128 perturbations of rank 4, one batched pass per step."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.RNN(3, 64, batch_first=True), df.LastHidden(), nn.Linear(64, 3))
@@ -63,11 +70,11 @@ def readme_rnn_run(cls, seed):
     pop = df.Population(model, loss="mse")
     x = torch.randn(64, 16, 3)
     y = 3 * x.mean(1)
-    return [opt.step(population=pop, inputs=x, targets=y) for _ in range(40)]
+    return [opt.step(population=pop, inputs=x, targets=y) for _ in range(steps)]
 
 
-def task_case(name, steps, hidden, batch_size):
-    def run(cls, seed):
+def task_case(name, hidden, batch_size):
+    def run(cls, seed, steps):
         task = get_task(name)
         opt = "dopamine" if cls is df.Dopamine else "wp"
         r = train(task, opt, hparams_for(task.family, opt), steps=steps, seed=seed, hidden=hidden,
@@ -76,30 +83,32 @@ def task_case(name, steps, hidden, batch_size):
     return run
 
 
-CASES = {
-    "readme_drop_in_xor_2-8-1": xor_case(8, False),
-    "readme_fast_path_rnn": readme_rnn_run,
-    "xor_2-2-1": xor_case(2, True),
-    "xor_2-8-1": xor_case(8, True),
-    "two_moons_ce": moons_run,
-    "task_xor": task_case("xor", 300, None, 0),
-    "task_noisy_xor": task_case("noisy_xor", 300, None, 0),
-    "task_lorenz": task_case("lorenz", 60, 32, 128),
-    "task_rossler": task_case("rossler", 60, 32, 128),
-    "task_mackey_glass": task_case("mackey_glass", 60, 32, 128),
+CASES = {  # name: (run(cls, seed, steps) -> training losses, its own step count)
+    "readme_drop_in_xor_2-8-1": (xor_case(8, False), 300),
+    "readme_fast_path_rnn": (readme_rnn_run, 40),
+    "xor_2-2-1": (xor_case(2, True), 300),
+    "xor_2-8-1": (xor_case(8, True), 300),
+    **{f"xor01_2-{h}-1": (xor_case(h, False, "01"), 3000) for h in (2, 4, 8, 16)},
+    "two_moons_ce": (moons_run, 300),
+    "task_xor": (task_case("xor", None, 0), 300),
+    "task_noisy_xor": (task_case("noisy_xor", None, 0), 300),
+    "task_lorenz": (task_case("lorenz", 32, 128), 60),
+    "task_rossler": (task_case("rossler", 32, 128), 60),
+    "task_mackey_glass": (task_case("mackey_glass", 32, 128), 60),
 }
 
 
-def run_case(case, cls, seeds, threads):
+def run_case(case, cls, seeds, threads, steps=None):
     """One case with one optimizer over ``seeds`` seeds: its rows and its summary row."""
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    rows, firsts, lasts, trained, diverged = [], [], [], 0, 0
+    run, own_steps = CASES[case]
+    rows, firsts, lasts, rises, trained, diverged = [], [], [], [], 0, 0
     for seed in range(seeds):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            losses = CASES[case](cls, seed)
+            losses = run(cls, seed, steps or own_steps)
         guard = any("best seen" in str(w.message) for w in caught)
         first, last = float(losses[0]), float(losses[-1])
         bad = guard or not math.isfinite(last) or last > first
@@ -107,11 +116,14 @@ def run_case(case, cls, seeds, threads):
         trained += (not bad) and last < 0.5 * first
         firsts.append(first)
         lasts.append(last)
-        rows.append({"case": case, "optimizer": cls.__name__, "seed": seed, "first_loss": first, "last_loss": last,
-                     "guard_fired": guard, "diverged": bad})
-    summary = {"case": case, "optimizer": cls.__name__, "seeds": seeds, "median first loss": statistics.median(firsts),
-               "median last loss": statistics.median(lasts), "max last loss": max(lasts),
-               "trained (last < first / 2)": trained, "diverged": diverged, "s": round(time.perf_counter() - start, 1)}
+        rises.append(late_rise(losses))
+        rows.append({"case": case, "optimizer": cls.__name__, "seed": seed, "steps": len(losses), "first_loss": first,
+                     "last_loss": last, "late_rise": rises[-1], "guard_fired": guard, "diverged": bad})
+    summary = {"case": case, "optimizer": cls.__name__, "seeds": seeds, "steps": steps or own_steps,
+               "median first loss": statistics.median(firsts), "median last loss": statistics.median(lasts),
+               "max last loss": max(lasts), "trained (last < first / 2)": trained, "diverged": diverged,
+               "rose late (> 1.5x)": sum(r > 1.5 for r in rises), "max late rise": max(rises),
+               "s": round(time.perf_counter() - start, 1)}
     print(format_table([summary], list(summary)), flush=True)
     return rows, summary
 
@@ -120,6 +132,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--cases", help=f"comma-separated (default all: {', '.join(CASES)})")
+    parser.add_argument("--steps", type=int, help="steps of every case (default: each case's own)")
+    parser.add_argument("--optimizers", default="dopamine,wp", help=f"comma-separated of {', '.join(OPTIMIZERS)}")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--jobs", type=int, default=1, help="cases run in this many processes at once")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "defaults_cpu")
@@ -127,10 +141,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = args.cases.split(",") if args.cases else list(CASES)
-    unknown = [c for c in cases if c not in CASES]
-    if unknown or args.seeds < 1 or args.jobs < 1:
-        parser.error(f"unknown case(s) {unknown}; valid: {', '.join(CASES)}; --seeds and --jobs must be >= 1")
-    pairs = [(case, cls, args.seeds, args.threads) for case in cases for cls in (df.Dopamine, df.WeightPerturbation)]
+    optimizers = args.optimizers.split(",")
+    unknown = [c for c in cases if c not in CASES] + [o for o in optimizers if o not in OPTIMIZERS]
+    if unknown or args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
+        parser.error(f"unknown case(s) or optimizer(s) {unknown}; cases: {', '.join(CASES)}; optimizers: "
+                     f"{', '.join(OPTIMIZERS)}; --seeds, --jobs and --steps must be >= 1")
+    pairs = [(case, OPTIMIZERS[o], args.seeds, args.threads, args.steps) for case in cases for o in optimizers]
     done = common.run_jobs(run_case, pairs, args.jobs)
     rows = [row for case_rows, _ in done for row in case_rows]
     summary = [case_summary for _, case_summary in done]
