@@ -1,7 +1,8 @@
 // CPU kernel of rpe_update_: param += alpha * sum_j coeffs[j] * eps_j, the noise regenerated, never stored.
 //
 // Full rank: one pass over the parameter in element runs (parallel over runs); each run accumulates every id's
-// normals in a small buffer (a small parameter: groups of ids in parallel instead). Low rank: sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
+// normals in a small buffer (a small parameter: groups of ids in parallel instead). Low rank:
+// sum_j c_j A_j B_j^T / sqrt(r) is one GEMM of the stacked factors.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
