@@ -309,6 +309,8 @@ def test_a_broken_evotorch_is_a_usage_error(tmp_path, monkeypatch, capsys):
     (tmp_path / "evotorch").mkdir()
     (tmp_path / "evotorch" / "__init__.py").write_text("raise RuntimeError('half installed')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "evotorch" or m.startswith("evotorch.")]:
+        monkeypatch.delitem(sys.modules, name)  # a real EvoTorch imported by an earlier test would be reused
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--task", "xor", "--optimizers", "pgpe", "--out", str(tmp_path / "run")])
     assert exc.value.code == 2
