@@ -328,6 +328,18 @@ def step_with_sigint_after(delay, step):
     return False
 
 
+def test_a_ctrl_c_pending_when_grad_mode_is_restored_leaves_it_on(monkeypatch):
+    """A Ctrl-C pending when the mode is restored: Python raises it at the entry of the next Python function, so
+    a restore through one (``torch.set_grad_enabled(...)``, a class) would be skipped and leave grad mode off."""
+    def interrupted_at_entry(mode):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "set_grad_enabled", interrupted_at_entry)
+    interrupts.no_grad(lambda: None)()
+    monkeypatch.undo()
+    assert torch.is_grad_enabled()
+
+
 @pytest.fixture
 def one_thread():
     """Steps of a predictable length on a busy machine (idle torch threads spin)."""
@@ -340,14 +352,14 @@ def one_thread():
 def test_a_ctrl_c_right_after_grad_mode_is_switched_off_leaves_it_on(monkeypatch):
     """The window ``torch.no_grad().__enter__`` leaves open (mode off, the ``with`` block not yet entered): a
     KeyboardInterrupt there must not leave grad mode off for the rest of the session."""
-    switch = torch.set_grad_enabled
+    switch = torch._C._set_grad_enabled
 
     def switch_then_interrupt(mode):
         switch(mode)
         if not mode:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "set_grad_enabled", switch_then_interrupt)
+    monkeypatch.setattr(torch._C, "_set_grad_enabled", switch_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         interrupts.no_grad(lambda: None)()
     monkeypatch.undo()

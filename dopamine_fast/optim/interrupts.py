@@ -103,16 +103,19 @@ def no_grad(fn: Callable) -> Callable:
 
     ``torch.no_grad().__enter__`` turns grad mode off and then runs more Python code; an interrupt landing there
     escapes before the ``with`` block owns the mode, and grad mode stays off for the rest of the session. Here the
-    mode is switched inside the ``try`` whose ``finally`` restores it.
+    mode is switched inside the ``try`` whose ``finally`` restores it, through the builtin
+    ``torch._C._set_grad_enabled``: ``torch.set_grad_enabled(...)`` is a Python ``__init__``, at whose entry a
+    pending Ctrl-C is raised before the mode is restored (CI saw it), while a builtin call runs to its end before
+    Python looks at pending signals.
     """
     @functools.wraps(fn)
     def without_grad(*args, **kwargs):
         previous = torch.is_grad_enabled()
         try:
-            torch.set_grad_enabled(False)
+            torch._C._set_grad_enabled(False)
             return fn(*args, **kwargs)
         finally:
-            torch.set_grad_enabled(previous)
+            torch._C._set_grad_enabled(previous)
 
     return without_grad
 
