@@ -82,9 +82,10 @@ def run_batch(rec, model, k, batch, rounds, device):
         return
     peaks = {key: common.peak_memory_mb(ways[key], device) for key in (("floor", ""), ("population_eval", 1))}
 
-    def per_round(key, ratio):  # median over rounds of a per-round ratio against another way
-        return statistics.median(ratio(t, o) for t, o in zip(times[key[0]], times[key[1]])) if key[1] in times \
-            else float("nan")
+    def per_round(key, other, ratio):  # median over rounds of a per-round ratio against another way
+        if other not in times:
+            return float("nan")
+        return statistics.median(ratio(t, o) for t, o in zip(times[key], times[other]))
 
     flops = w.matmul_flops((k + 1) * batch)
     for (method, rank), ts in times.items():
@@ -95,11 +96,11 @@ def run_batch(rec, model, k, batch, rounds, device):
                          peak_mb=peaks.get(key, float("nan")), method=method, rank=rank,
                          path=pops["eval" if method == "population_eval" else "step"].last_path
                          if method in ("population_eval", "dopamine_step") else "", **base)
-        row["ratio_to_floor"] = per_round((key, ("floor", "")), lambda t, f: t / f)
+        row["ratio_to_floor"] = per_round(key, ("floor", ""), lambda t, f: t / f)
         if method == "population_eval":
-            row["speedup_vs_evotorch"] = per_round((key, ("evotorch_eval", "full")), lambda t, e: e / t)
+            row["speedup_vs_evotorch"] = per_round(key, ("evotorch_eval", "full"), lambda t, e: e / t)
             # The square matmul's rate in the same round: 2 n^3 / its time.
-            row["matmul_fraction"] = per_round((key, ("square_matmul", "")),
+            row["matmul_fraction"] = per_round(key, ("square_matmul", ""),
                                                lambda t, m: (flops / t) / (2 * SQUARE**3 / m))
             floor_peak = peaks[("floor", "")]
             row["peak_vs_floor"] = peaks[key] / floor_peak if key in peaks and floor_peak > 0 else float("nan")
