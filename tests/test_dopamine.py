@@ -183,6 +183,8 @@ def test_state_dict_round_trip_continues_the_signals():
 @pytest.mark.parametrize("entry,value,match", [
     ("log_gain", float("nan"), "log_gain"), ("rpe_sq", -1.0, "rpe_sq"), ("log_gain", 5.0, "log_gain"),
     ("rpe_count", 1.5, "rpe_count"), ("rpe_ref", -1.0, "rpe_ref"), ("rpe_ref", float("inf"), "rpe_ref"),
+    ("since_best", -1, "since_best"), ("best_slow_loss", float("nan"), "best_slow_loss"),
+    ("noise_scale", 0.0, "noise_scale"),
 ])
 def test_load_refuses_a_corrupt_signal_state(entry, value, match):
     model = xor_model(0)
@@ -214,6 +216,66 @@ def test_load_refuses_a_bad_step_scale_and_a_state_of_the_earlier_rule():
     with pytest.raises(ValueError, match="earlier version of Dopamine"):
         fresh.load_state_dict(old)
     assert fresh.state["global"]["step"] == 0 and not fresh.state[next(model.parameters())]
+
+
+def annealed_scales(losses, patience, rpe=1.0):
+    """The noise scale after each of ``losses``, the member RPEs held at ``+-rpe``."""
+    state, scales = dopamine_rules.initial_state(), []
+    for loss in losses:
+        dopamine_rules.scaled_rpes(state, torch.tensor([rpe, -rpe], dtype=torch.float64), 0.9)
+        scales.append(dopamine_rules.anneal_noise(state, loss, patience, 0.9))
+    return scales
+
+
+def test_sigma_halves_each_time_the_loss_stalls_for_the_patience():
+    # A loss that jitters about a level, as a run does about its noise floor: the slow average stops setting new
+    # lows, and sigma halves once per `patience` steps without one.
+    jitter = [1.0 + 0.5 * (-1) ** t for t in range(400)]
+    scales = annealed_scales(jitter, patience=20)
+    halvings = [t for t in range(1, 400) if scales[t] < scales[t - 1]]
+    assert len(halvings) >= 3 and all(b - a >= 20 for a, b in zip(halvings, halvings[1:]))
+    assert all(scales[t] == 0.5 * scales[t - 1] for t in halvings)
+    # Steady progress, however slow, keeps setting new lows: no annealing.
+    assert annealed_scales([1.0 / (1 + 1e-4 * t) for t in range(400)], patience=20) == [1.0] * 400
+    assert annealed_scales(jitter, patience=0) == [1.0] * 400  # patience 0: never
+    # RPEs at the loss's rounding: a smaller perturbation would measure nothing, so sigma stays.
+    assert annealed_scales(jitter, patience=20, rpe=1e-6) == [1.0] * 400
+    # The floor: at most ten halvings.
+    assert min(annealed_scales(jitter * 10, patience=5)) == dopamine_rules.MIN_NOISE_SCALE
+
+
+def test_the_annealed_sigma_perturbs_the_next_steps():
+    w = torch.nn.Parameter(torch.tensor([0.5, -0.3, 0.2]))
+    opt = df.Dopamine([w], sigma=0.04, num_perturbations=4, anneal_patience=10, seed=3)
+    target = torch.tensor([0.1, 0.2, 0.3])
+    for t in range(300):  # a noisy loss that cannot fall below its noise: the run stalls and sigma anneals
+        torch.manual_seed(t)
+        opt.step(lambda: ((w - target) ** 2).sum() + 0.05 * torch.rand(()))
+    assert opt.current_sigma < 0.04 and opt.param_groups[0]["sigma"] == 0.04  # the user's sigma is untouched
+    assert all(pn.sigma == opt.current_sigma for pn in opt.plan().params)
+    resumed = df.Dopamine([w], sigma=0.04, num_perturbations=4, anneal_patience=10, seed=3)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert resumed.current_sigma == opt.current_sigma
+
+
+def test_a_state_saved_before_the_annealing_loads_unannealed():
+    model = xor_model(0)
+    opt = df.Dopamine(model.parameters())
+    opt.step(lambda: ((model(XOR_X) - XOR_Y) ** 2).mean())
+    old = copy.deepcopy(opt.state_dict())
+    signals = old["state"]["global"]["dopamine"]
+    for key in dopamine_rules.initial_anneal_state():
+        del signals[key]
+    del signals["options"]["anneal_patience"]
+    fresh = df.Dopamine(model.parameters())
+    fresh.load_state_dict(old)
+    loaded = fresh.state["global"]["dopamine"]
+    assert {k: loaded[k] for k in dopamine_rules.initial_anneal_state()} == dopamine_rules.initial_anneal_state()
+    assert loaded["options"]["anneal_patience"] == 200 and loaded["rpe_count"] == 1
+    bad = copy.deepcopy(opt.state_dict())
+    bad["state"]["global"]["dopamine"]["noise_scale"] = 2.0
+    with pytest.raises(ValueError, match="noise_scale"):
+        fresh.load_state_dict(bad)
 
 
 def test_dopamine2_preset_is_the_third_party_rule():

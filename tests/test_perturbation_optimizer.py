@@ -35,6 +35,8 @@ def test_bad_hyperparameters_name_the_argument(cls, kwargs, match):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(beta_rpe=1.0), "beta_rpe"), (dict(beta_loss=-0.1), "beta_loss"), (dict(gain_min=0.0), "gain_min"),
     (dict(gain_max=0.5), "gain_max"), (dict(gain_rate=-1.0), "gain_rate"), (dict(adaptive=1), "adaptive"),
+    (dict(anneal_patience=-1), "anneal_patience"), (dict(anneal_patience=2.5), "anneal_patience"),
+    (dict(anneal_patience=True), "anneal_patience"),
     (dict(on_divergence="ignore"), "on_divergence"),
 ])
 def test_bad_dopamine_hyperparameters(kwargs, match):

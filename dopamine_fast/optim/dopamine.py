@@ -13,9 +13,12 @@ from .functional import apply_noise_combination, reward_prediction_errors
 from .perturbation_optimizer import GLOBAL_STATE, PerturbationOptimizer, check_number
 
 # Knobs of the RPE signals: one loss drives every group, so they are the optimizer's, not a group's.
-SIGNAL_OPTIONS = ("adaptive", "beta_rpe", "beta_loss", "gain_rate", "gain_min", "gain_max")
+SIGNAL_OPTIONS = ("adaptive", "beta_rpe", "beta_loss", "gain_rate", "gain_min", "gain_max", "anneal_patience")
 # A relative step never uses a parameter scale below this, so zero-initialised tensors still move (Adafactor's eps2).
 MIN_PARAM_SCALE = 1e-3
+# Steps without progress before sigma halves: long enough that a plateau being crossed (it keeps setting new lows)
+# and minibatch noise do not trigger it (docs/algorithm.md).
+DEFAULT_ANNEAL_PATIENCE = 200
 NORM_CHUNK = 1 << 18  # elements whose norm is taken at once in float64 (2 MiB)
 
 
@@ -44,6 +47,9 @@ class Dopamine(PerturbationOptimizer):
             u <- u * min(1, max_grad_norm / ||u||)              (only with max_grad_norm, per group)
             w_p <- w_p - eta a_t r_p u_p                        (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
                                                                  once, at its first step; r_p = 1 if not relative)
+            m_t = 0.99 m_{t-1} + 0.01 L_t  (bias-corrected)     (annealing: a slow average of the loss)
+            if m_t has set no new low for anneal_patience steps (and s_t > 2^-13 |L_t|):
+                sigma <- max(sigma / 2, sigma_0 / 1024)         (the next steps' perturbations; count restarts)
 
     In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the rate
     ``eta_t = eta a_t r_p sigma sqrt(n) / max(s_ref, s_t)``. While the member RPEs are at their early level or
@@ -52,7 +58,11 @@ class Dopamine(PerturbationOptimizer):
     the rule converges instead of jittering at a constant step size. Nothing reads the weights' current size:
     ``r_p`` is measured once, so growing weights cannot grow the step. The gain ``a_t`` rises while the loss beats
     its own prediction and falls while it misses it (slowing progress lowers it, which anneals the step on noisy
-    minibatches). Both signals are divided by their own scale, so multiplying the loss by c > 0 leaves the
+    minibatches). Once the loss stops reaching new lows (its slow average, for ``anneal_patience`` steps) the run
+    only moves about a floor set by the step and by the smoothing of the finite differences (whose minimum lies
+    O(sigma^2) off the loss's own); sigma then halves, which halves the RPEs against their reference level (so
+    the step) and quarters that offset, so the loss converges instead of jittering and rising again. Both
+    signals are divided by their own scale, so multiplying the loss by c > 0 leaves the
     trajectory unchanged, and a rising loss can only lower ``a_t``: there is no positive feedback, through the
     loss or through the weights. ``a_0 = 1`` and ``z`` has RMS 1 at the first step, so the first step moves each
     tensor by ``lr`` times its RMS per coordinate; ``group["lr"]`` stays the user's base rate, which ``a_t``
@@ -76,6 +86,8 @@ class Dopamine(PerturbationOptimizer):
         beta_loss: smoothing of the loss prediction and of its error's scale, in [0, 1).
         gain_rate: largest change of ``log a_t`` per step (>= 0).
         gain_min, gain_max: bounds of the gain (0 < gain_min <= 1 <= gain_max).
+        anneal_patience: steps without a new low of the loss's slow average before sigma halves (integer >= 0;
+            0: sigma stays). ``current_sigma`` reports the first group's sigma after annealing.
         relative: size each tensor's step by its initial RMS (False: ``lr`` is an absolute step per coordinate).
         seed: noise seed in [0, 2**63).
         max_grad_norm: clip each group's update direction ``u`` to this norm (None: no clipping).
@@ -89,10 +101,11 @@ class Dopamine(PerturbationOptimizer):
     def __init__(self, params, lr: float = 0.2, sigma: float = 0.05, num_perturbations: int = 16,
                  antithetic: bool = True, rank: int = 0, adaptive: bool = True, beta_rpe: float = 0.9,
                  beta_loss: float = 0.9, gain_rate: float = 0.1, gain_min: float = 0.25, gain_max: float = 4.0,
-                 relative: bool = True, seed: int = 0, max_grad_norm: Optional[float] = None,
-                 on_divergence: Optional[str] = None, process_group=None, memory: str = "exact"):
+                 anneal_patience: int = DEFAULT_ANNEAL_PATIENCE, relative: bool = True, seed: int = 0,
+                 max_grad_norm: Optional[float] = None, on_divergence: Optional[str] = None, process_group=None,
+                 memory: str = "exact"):
         options = dict(adaptive=adaptive, beta_rpe=beta_rpe, beta_loss=beta_loss, gain_rate=gain_rate,
-                       gain_min=gain_min, gain_max=gain_max)
+                       gain_min=gain_min, gain_max=gain_max, anneal_patience=anneal_patience)
         check_signal_options(options)
         defaults = dict(lr=lr, sigma=sigma, rank=rank, max_grad_norm=max_grad_norm, relative=relative)
         super().__init__(params, defaults, num_perturbations, antithetic, seed, on_divergence,
@@ -117,6 +130,14 @@ class Dopamine(PerturbationOptimizer):
         """The first group's effective learning rate, ``lr * gain``."""
         return self.param_groups[0]["lr"] * self.gain
 
+    @property
+    def current_sigma(self) -> float:
+        """The first group's perturbation scale after annealing, ``sigma * noise_scale``."""
+        return self.param_groups[0]["sigma"] * self._noise_scale()
+
+    def _noise_scale(self) -> float:
+        return self.state[GLOBAL_STATE]["dopamine"]["noise_scale"]
+
     def _check_group(self, group) -> None:
         super()._check_group(group)
         if not isinstance(group.get("relative"), bool):
@@ -136,12 +157,19 @@ class Dopamine(PerturbationOptimizer):
             raise ValueError("the state was saved by an earlier version of Dopamine, whose step followed the "
                              "weights' current size and never annealed; this rule cannot continue it: load the "
                              "model's weights and start a fresh optimizer")
+        if isinstance(signals, dict) and isinstance(signals.get("options"), dict):
+            signals = _with_annealing_added(signals)
         if (not isinstance(signals, dict) or set(signals) != {"options", *dopamine_rules.initial_state()}
                 or not isinstance(signals["options"], dict) or set(signals["options"]) != set(SIGNAL_OPTIONS)):
             raise ValueError(f"the state's 'dopamine' entry must hold the options {SIGNAL_OPTIONS} and the signals "
                              f"{sorted(dopamine_rules.initial_state())}, got {signals!r:.200}")
         check_signal_options(signals["options"])
         dopamine_rules.check_state(signals, signals["options"]["gain_min"], signals["options"]["gain_max"])
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        signals = self.state[GLOBAL_STATE]["dopamine"]
+        self.state[GLOBAL_STATE]["dopamine"] = _with_annealing_added(signals)
 
     def _update(self, plan, losses):
         signals = self.state[GLOBAL_STATE]["dopamine"]
@@ -152,6 +180,7 @@ class Dopamine(PerturbationOptimizer):
         if options["adaptive"]:
             gain = dopamine_rules.tonic_gain(signals, float(losses[0]), options["beta_loss"], options["gain_rate"],
                                              options["gain_min"], options["gain_max"])
+        dopamine_rules.anneal_noise(signals, float(losses[0]), options["anneal_patience"], options["beta_rpe"])
         coeffs = z / math.sqrt(z.numel())
         for group, pns in self._group_params(plan):
             scales = self._step_scales(pns) if group["relative"] and pns else None
@@ -197,6 +226,19 @@ def check_signal_options(options: dict) -> None:
     check_number("gain_rate", options.get("gain_rate"), low=0, high=10)
     check_number("gain_min", options.get("gain_min"), low=0, low_open=True, high=1)
     check_number("gain_max", options.get("gain_max"), low=1, high=1e6)
+    check_number("anneal_patience", options.get("anneal_patience"), low=0, integer=True)
+
+
+def _with_annealing_added(signals: dict) -> dict:
+    """A signal state saved before the annealing existed, with its entries added: sigma starts unannealed and
+    ``anneal_patience`` at its default (any other state is returned as it is)."""
+    anneal = dopamine_rules.initial_anneal_state()
+    if set(signals) != {"options", *dopamine_rules.initial_state()} - set(anneal):
+        return signals
+    options = signals["options"]
+    if set(options) == set(SIGNAL_OPTIONS) - {"anneal_patience"}:
+        options = {**options, "anneal_patience": DEFAULT_ANNEAL_PATIENCE}
+    return {**signals, **anneal, "options": options}
 
 
 # name -> (class, settings). The third-party "Dopamine-2" reimplementation's settings (docs/algorithm.md): one

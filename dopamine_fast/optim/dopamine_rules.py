@@ -19,23 +19,37 @@ SURPRISE_FLOOR = 1e-3
 # Steps over which the reference RPE level follows the largest tonic level seen; it is frozen after them, so a later
 # spike of the RPEs (a bad minibatch, a step too large) is bounded but does not slow the rest of the run.
 REFERENCE_STEPS = 10
+# The slow average of the unperturbed loss (about 100 steps) whose new lows count as progress for the annealing.
+ANNEAL_BETA = 0.99
+# The perturbation scale never falls below this fraction of sigma (10 halvings)...
+MIN_NOISE_SCALE = 2.0**-10
+# ...nor while the member RPEs are below this fraction of the loss: about 1000 float32 roundings, below which a
+# smaller perturbation would measure rounding rather than slope.
+RPE_RESOLUTION = 2.0**-13
 
 
 def initial_state() -> dict:
     return {"rpe_sq": 0.0, "rpe_count": 0, "rpe_ref": 0.0, "log_gain": 0.0, "loss_level": math.nan, "loss_trend": 0.0,
-            "surprise_sq": 0.0, "surprise_count": 0}
+            "surprise_sq": 0.0, "surprise_count": 0, **initial_anneal_state()}
+
+
+def initial_anneal_state() -> dict:
+    """The annealing's entries (a state saved before they existed lacks them and starts them afresh)."""
+    return {"slow_loss": 0.0, "slow_count": 0, "best_slow_loss": math.inf, "since_best": 0, "noise_scale": 1.0}
 
 
 def check_state(state: dict, gain_min: float, gain_max: float) -> None:
     """Raise ValueError naming the entry unless a loaded signal state could have come from training."""
-    for key in ("rpe_count", "surprise_count"):
+    for key in ("rpe_count", "surprise_count", "slow_count", "since_best"):
         if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
             raise ValueError(f"dopamine state {key} must be an integer >= 0, got {state[key]!r}")
-    for key in ("rpe_sq", "rpe_ref", "surprise_sq", "loss_trend", "log_gain", "loss_level"):
+    for key in ("rpe_sq", "rpe_ref", "surprise_sq", "loss_trend", "log_gain", "loss_level", "slow_loss",
+                "best_slow_loss", "noise_scale"):
         value = state[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"dopamine state {key} must be a number, got {value!r}")
-        if not math.isfinite(value) and not (key == "loss_level" and math.isnan(value)):
+        if not math.isfinite(value) and not ((key == "loss_level" and math.isnan(value))
+                                             or (key == "best_slow_loss" and value == math.inf)):
             raise ValueError(f"dopamine state {key} must be finite, got {value!r}")
     for key in ("rpe_sq", "rpe_ref", "surprise_sq"):
         if state[key] < 0:
@@ -44,6 +58,8 @@ def check_state(state: dict, gain_min: float, gain_max: float) -> None:
         raise ValueError(f"dopamine state log_gain must lie in [log gain_min, log gain_max], got {state['log_gain']!r}")
     if math.isnan(state["loss_level"]) and state["surprise_count"]:
         raise ValueError("dopamine state loss_level is NaN after surprises were counted")
+    if not MIN_NOISE_SCALE <= state["noise_scale"] <= 1:
+        raise ValueError(f"dopamine state noise_scale must lie in [{MIN_NOISE_SCALE}, 1], got {state['noise_scale']!r}")
 
 
 def _debiased_rms(mean_sq: float, beta: float, count: int) -> float:
@@ -93,3 +109,32 @@ def tonic_gain(state: dict, loss: float, beta: float, rate: float, low: float, h
     state["loss_trend"] = beta * state["loss_trend"] + (1 - beta) * (level - state["loss_level"])
     state["loss_level"] = level
     return math.exp(state["log_gain"])
+
+
+def anneal_noise(state: dict, loss: float, patience: int, beta_rpe: float) -> float:
+    """The perturbation scale of the next steps, as a fraction of ``sigma``: halved whenever the loss stalls.
+
+    ``m_t = ANNEAL_BETA m_{t-1} + (1 - ANNEAL_BETA) L_t`` (bias-corrected) is a slow average of the unperturbed loss.
+    When it has not reached a new low for ``patience`` steps, the run is no longer making progress, only moving
+    about a noise floor, and the scale halves (and the count starts again). That floor has two causes, and halving
+    sigma shrinks both: the member RPEs halve with sigma while their reference level stays, so the step halves;
+    and antithetic differences follow the loss smoothed over the perturbations, whose minimum lies off the loss's
+    own by O(sigma^2), so that offset falls 4x. A slow, steady descent (a plateau being crossed) keeps setting
+    new lows and is not annealed. The scale stops at ``MIN_NOISE_SCALE``, and while the member RPEs (RMS ``s_t``)
+    are below ``RPE_RESOLUTION`` of the loss, where halving would measure rounding. ``patience = 0``: never.
+    """
+    if patience == 0:
+        return state["noise_scale"]
+    state["slow_count"] += 1
+    state["slow_loss"] = ANNEAL_BETA * state["slow_loss"] + (1 - ANNEAL_BETA) * loss
+    slow = state["slow_loss"] / (1 - ANNEAL_BETA ** state["slow_count"])
+    if slow < state["best_slow_loss"]:
+        state["best_slow_loss"], state["since_best"] = slow, 0
+        return state["noise_scale"]
+    state["since_best"] += 1
+    rpe_rms = _debiased_rms(state["rpe_sq"], beta_rpe, state["rpe_count"]) if state["rpe_count"] else 0.0
+    if (state["since_best"] >= patience and state["noise_scale"] > MIN_NOISE_SCALE
+            and rpe_rms > RPE_RESOLUTION * abs(loss)):
+        state["noise_scale"] = max(state["noise_scale"] / 2, MIN_NOISE_SCALE)
+        state["since_best"] = 0
+    return state["noise_scale"]

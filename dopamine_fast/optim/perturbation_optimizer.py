@@ -170,14 +170,18 @@ class PerturbationOptimizer(Optimizer):
         numbers, so freezing one never changes the noise of the others.
         """
         st = self.state[GLOBAL_STATE]
-        params, stream = [], 0
+        params, stream, scale = [], 0, self._noise_scale()
         for group in self.param_groups:
             self._check_group(group)
             for p in group["params"]:
                 if p.requires_grad:
-                    params.append(ParamNoise(p, stream, group["sigma"], group["rank"]))
+                    params.append(ParamNoise(p, stream, group["sigma"] * scale, group["rank"]))
                 stream += 1
         return PerturbationPlan(st["seed"], st["step"], self.num_members, st["antithetic"], tuple(params))
+
+    def _noise_scale(self) -> float:
+        """The factor the next step's perturbations are scaled by, beyond each group's ``sigma`` (1 here)."""
+        return 1.0
 
     # -- stepping --------------------------------------------------------------------------------------------
     @no_grad
