@@ -1,6 +1,7 @@
 """Scale-out on torch.distributed: 2 gloo processes on the CPU against one process, the drift guard, sharding."""
 
 import dataclasses
+import faulthandler
 import os
 import socket
 import warnings
@@ -70,6 +71,11 @@ def keep_gloo_on_loopback():
 
 
 def _worker(rank, init_file, out_dir):
+    # This rank's stderr, and the Python stack of every thread should it crash (abort, segfault), go to a log
+    # the fixture reports: a crash is otherwise only "terminated with signal ..." in the test's output.
+    log = open(os.path.join(out_dir, f"rank{rank}.log"), "w")
+    os.dup2(log.fileno(), 2)
+    faulthandler.enable(log)
     keep_gloo_on_loopback()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the generic-path notice, once per rank
@@ -89,6 +95,7 @@ def _worker(rank, init_file, out_dir):
                 drift[label] = str(err)
         torch.save({"results": results, "float32": float32, "fused32": fused32, "fused_paths": fused_paths,
                     "drift": drift}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears its connections down while another still reads from them
     finally:
         dist.destroy_process_group()
 
@@ -96,8 +103,22 @@ def _worker(rank, init_file, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """What each of 2 gloo processes ended with, for every case (one spawn for the whole module)."""
-    tmp = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
+    crashes = []
+    for _ in range(2):
+        tmp = tmp_path_factory.mktemp("dist")
+        try:
+            mp.spawn(_worker, args=(str(tmp / "rendezvous"), str(tmp)), nprocs=WORLD, join=True)
+            break
+        except mp.ProcessExitedException as err:
+            logs = "\n".join(f"--- rank {r} ---\n{(tmp / f'rank{r}.log').read_text()[-4000:]}" for r in range(WORLD)
+                             if (tmp / f"rank{r}.log").exists())
+            crashes.append(f"{err}\n{logs}")
+    else:
+        raise AssertionError("both spawns of the gloo processes crashed:\n" + "\n".join(crashes))
+    if crashes:
+        # A process killed by a signal once in a few full-suite CI runs (SIGABRT, never reproduced locally): the
+        # rerun must pass, and the first crash stays visible in the warnings summary with each rank's log.
+        warnings.warn(f"gloo processes crashed once and passed on the rerun: {crashes[0]}")
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
