@@ -8,17 +8,22 @@ besides the op layer's overhead and the whole paths.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 from dopamine_fast.ops import SPECS
 
 HERE = Path(__file__).resolve().parent
 
 
+def ops_by_bench() -> Dict[str, str]:
+    """``bench_<op>`` -> op, for every op that has its benchmark script, in the order of ``SPECS``."""
+    names = {"bench_" + op.rstrip("_"): op for op in SPECS}
+    return {n: op for n, op in names.items() if (HERE / f"{n}.py").exists()}
+
+
 def op_benches() -> List[str]:
     """``bench_<op>`` of every op that has its benchmark script, in the order of ``SPECS``."""
-    names = ["bench_" + op.rstrip("_") for op in SPECS]
-    return [n for n in names if (HERE / f"{n}.py").exists()]
+    return list(ops_by_bench())
 
 
 if __name__ == "__main__":

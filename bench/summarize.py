@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from suite import ops_by_bench
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -34,9 +36,16 @@ def benches(out: Path) -> List[str]:
     return sorted(p.stem for p in out.glob("*.json"))
 
 
+def op_of(out: Path, name: str) -> Optional[str]:
+    """The op that benchmark ``name`` times: its JSON names it (None: not an op benchmark); a JSON written before
+    the benchmarks named their op has no "op" key, and then ``bench_<name>.py`` says."""
+    info = meta(out, name)
+    return info["op"] if "op" in info else ops_by_bench().get(f"bench_{name}")
+
+
 def op_benches(out: Path) -> List[str]:
-    """Those of them that time one op (their JSON names it)."""
-    return [name for name in benches(out) if meta(out, name).get("op")]
+    """Those of them that time one op."""
+    return [name for name in benches(out) if op_of(out, name)]
 
 
 def num(v) -> Optional[float]:
@@ -259,7 +268,7 @@ def cell(column: str, v) -> str:
 def op_section(out: Path, name: str) -> List[str]:
     """One op benchmark's table: its case columns as written, the time, its derived columns, the peak memory."""
     rows, info = ok(read(out, name)), meta(out, name)
-    title = [f"`{info['op']}`: " + (info.get("title") or name).replace("``", "`"), ""]
+    title = [f"`{op_of(out, name)}`: " + (info.get("title") or name).replace("``", "`"), ""]
     if not rows:
         return title + table([], [])
     header = list(rows[0])

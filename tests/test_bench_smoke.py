@@ -4,7 +4,9 @@ Checks the files and their columns only; benchmarks report times, tests never ju
 """
 
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,19 @@ def test_perturbed_linear_bench_quick_writes_csv(tmp_path):
                              env=env, capture_output=True, text=True, timeout=60)
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert "perturbed_linear" in (tmp_path / "README.md").read_text()
+
+
+def test_summarize_keeps_op_results_written_before_they_named_their_op(tmp_path):
+    """bench/results/noise.json predates the "op" key: the op's table must still be in the summary."""
+    for suffix in ("csv", "json"):
+        shutil.copy(ROOT / "bench" / "results" / f"noise.{suffix}", tmp_path)
+    assert "op" not in json.loads((tmp_path / "noise.json").read_text())
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    summary = subprocess.run([sys.executable, str(ROOT / "bench" / "summarize.py"), "--out", str(tmp_path)],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    text = (tmp_path / "README.md").read_text()
+    assert "## Single ops" in text and "`noise_`" in text and "| 64 | 1048576 | cpp |" in text
 
 
 def test_population_and_step_benches_time_the_public_api(tmp_path):
