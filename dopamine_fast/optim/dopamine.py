@@ -157,8 +157,6 @@ class Dopamine(PerturbationOptimizer):
             raise ValueError("the state was saved by an earlier version of Dopamine, whose step followed the "
                              "weights' current size and never annealed; this rule cannot continue it: load the "
                              "model's weights and start a fresh optimizer")
-        if isinstance(signals, dict) and isinstance(signals.get("options"), dict):
-            signals = _with_annealing_added(signals)
         if (not isinstance(signals, dict) or set(signals) != {"options", *dopamine_rules.initial_state()}
                 or not isinstance(signals["options"], dict) or set(signals["options"]) != set(SIGNAL_OPTIONS)):
             raise ValueError(f"the state's 'dopamine' entry must hold the options {SIGNAL_OPTIONS} and the signals "
@@ -167,9 +165,14 @@ class Dopamine(PerturbationOptimizer):
         dopamine_rules.check_state(signals, signals["options"]["gain_min"], signals["options"]["gain_max"])
 
     def load_state_dict(self, state_dict) -> None:
+        try:  # a state saved before the annealing existed gets its entries, then is checked like any other
+            saved = state_dict["state"][GLOBAL_STATE]
+            upgraded = _with_annealing_added(saved["dopamine"])
+        except (TypeError, KeyError):
+            upgraded = None  # malformed: the checks below say what is wrong
+        if upgraded is not None and upgraded is not saved["dopamine"]:
+            state_dict = {**state_dict, "state": {**state_dict["state"], GLOBAL_STATE: {**saved, "dopamine": upgraded}}}
         super().load_state_dict(state_dict)
-        signals = self.state[GLOBAL_STATE]["dopamine"]
-        self.state[GLOBAL_STATE]["dopamine"] = _with_annealing_added(signals)
 
     def _update(self, plan, losses):
         signals = self.state[GLOBAL_STATE]["dopamine"]
@@ -233,7 +236,8 @@ def _with_annealing_added(signals: dict) -> dict:
     """A signal state saved before the annealing existed, with its entries added: sigma starts unannealed and
     ``anneal_patience`` at its default (any other state is returned as it is)."""
     anneal = dopamine_rules.initial_anneal_state()
-    if set(signals) != {"options", *dopamine_rules.initial_state()} - set(anneal):
+    if (not isinstance(signals, dict) or not isinstance(signals.get("options"), dict)
+            or set(signals) != {"options", *dopamine_rules.initial_state()} - set(anneal)):
         return signals
     options = signals["options"]
     if set(options) == set(SIGNAL_OPTIONS) - {"anneal_patience"}:
