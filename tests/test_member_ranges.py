@@ -100,6 +100,27 @@ def test_cpp_ranges_on_the_block_grid(rank):
                 assert torch.equal(torch.cat(parts), whole), (rank, baseline, antithetic, cuts)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("width,batch", [(256, 1), (256, 5), (101, 3)])
+def test_cpp_full_rank_ranges_at_layer_widths(width, batch, shared):
+    """Widths where MKL threads a GEMM by itself when it runs outside a parallel region: a call of one member (or one
+    antithetic pair) runs one task, and must still give the bits of the whole call (2 threads, as users run)."""
+    g = torch.Generator().manual_seed(7)
+    k = 41
+    x = torch.randn((batch, width) if shared else (k, batch, width), generator=g)
+    w, b = torch.randn(width, width, generator=g) / width**0.5, torch.randn(width, generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with use_backend("cpp"):
+            whole = linear(x, w, b, 0, k, 0, True, True)
+            for cuts in ([0, 1, 4, 5, 41], [0, 2, 7, 20, 41], [0, 40, 41]):
+                parts = [linear(x, w, b, a, z - a, 0, True, True) for a, z in zip(cuts, cuts[1:])]
+                assert torch.equal(torch.cat(parts), whole), cuts
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("rank", [0, 1, 3])
 @pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
 def test_linear_range_matches_reference(backend, device, rank):

@@ -85,6 +85,28 @@ def test_low_rank_many_members_at_batch_one(backend, device, shared, rank):
     torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 4, 5])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
+def test_full_rank_on_both_sides_of_the_batch_4_split(backend, device, shared, batch, dtype):
+    # The C++ kernel takes x E^T stretch by stretch of generated rows up to batch 4 (a stretch of 4096 elements is
+    # 40 rows of 101 here, so stretches start inside a Philox block) and by one GEMM above; float64 always by GEMM.
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is far too slow at this size")
+    g = torch.Generator().manual_seed(5)
+    k, n_in, n_out = 7, 101, 67
+    x = torch.randn((batch, n_in) if shared else (k, batch, n_in), generator=g, dtype=dtype)
+    w = torch.randn(n_out, n_in, generator=g, dtype=dtype) / n_in**0.5
+    b = torch.randn(n_out, generator=g, dtype=dtype)
+    kwargs = dict(num_members=k, rank=0, baseline=True, antithetic=True, activation="tanh", **ARGS)
+    with use_backend("reference"):
+        expected = ops.perturbed_linear(x, w, b, **kwargs)
+    with use_backend(backend):
+        got = ops.perturbed_linear(x.to(device), w.to(device), b.to(device), **kwargs)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES[dtype])
+
+
 @pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
 def test_backend_without_bias(backend, device):
     x, w, _ = make(torch.float32, True, device)

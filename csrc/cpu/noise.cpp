@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -29,8 +30,14 @@ void fill_rows(const at::Tensor& out, const NoiseKey& key, int64_t first_id, Fil
       const int64_t row = task / runs_per_row;
       const int64_t first = (task % runs_per_row) * kRun;
       const int64_t count = std::min(kRun, cols - first);
-      fill(key, static_cast<uint32_t>(first_id + row), first, count, buf.data());
       Out* dst = base + row * s0 + first * s1;
+      if constexpr (std::is_same<Word, Out>::value) {
+        if (s1 == 1) {  // a contiguous float32 row: generated in place (the copy cost a fifth of the call)
+          fill(key, static_cast<uint32_t>(first_id + row), first, count, dst);
+          continue;
+        }
+      }
+      fill(key, static_cast<uint32_t>(first_id + row), first, count, buf.data());
       for (int64_t i = 0; i < count; ++i) dst[i * s1] = static_cast<Out>(buf[i]);
     }
   });

