@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "dot.h"
 #include "parallel.h"
 
 namespace dopamine_fast {
@@ -22,20 +23,6 @@ struct LowRankTerm {
   const T* fa_t;
   const T* fb_t;
 };
-
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  constexpr int kLanes = 8;  // independent partial sums, so the loop vectorises without reassociation flags
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += a[i + l] * b[i + l];
-  }
-  T sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += acc[l];
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
 
 // y: [K, B, out] contiguous. base: [B, out] rows shared by all members, or null. bias: [K, out] or null.
 template <typename T>
