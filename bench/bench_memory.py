@@ -4,10 +4,9 @@ one Adam step with back-propagation through time, measured side by side in one p
 The model is the paper's forecaster, ``nn.RNN(3, 512)`` + ``LastHidden`` + ``nn.Linear(512, 3)``, on 4000 windows
 of 32 steps (the full training set as one batch). Each row is the growth of the process's resident set during
 one step above what was live before it (``common.peak_memory_mb``: the kernel's high-water mark, reset just before
-the step): activations and temporaries of the step; for Adam also its gradients. Each Dopamine case runs once after
-a small warm-up step (thread pools, lazy state), since one step at this size takes tens of seconds to minutes on
-two cores; Adam's step is cheap and its peak varies from run to run (the allocator), so it runs ``--bptt-repeats``
-times and the median counts.
+the step): activations and temporaries of the step; for Adam also its gradients. The peak varies from run to run
+(the allocator), so each case runs ``--repeats`` times (Adam ``--bptt-repeats``), each after a small warm-up step
+(thread pools, lazy state) with a fresh model: the median counts, the worst is reported beside it.
 Dopamine runs at K = 16 and K = 256, without and with ``Population(max_memory=...)`` (the budget is
 ``--budget-fraction`` of Adam's measured peak). Writes ``memory_cpu.csv`` and ``memory_cpu.md``.
 
@@ -31,8 +30,8 @@ from dopamine_fast.tasks.models import ElmanForecaster
 TARGET = 0.25  # the paper's claim: at most a quarter of back-propagation's memory
 SIZES = {"paper": dict(hidden=512, windows=4000, steps=32, inputs=3), "quick": dict(hidden=64, windows=200, steps=8,
                                                                                      inputs=3)}
-COLUMNS = ["method", "K", "rank", "max_memory_mb", "peak_mb", "ratio_to_bptt", "time_s", "hidden", "windows",
-           "steps", "threads"]
+COLUMNS = ["method", "K", "rank", "max_memory_mb", "peak_mb", "peaks_mb", "ratio_to_bptt", "worst_to_bptt", "time_s",
+           "hidden", "windows", "steps", "threads"]
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget-fraction", type=float, default=0.2,
                         help="max_memory of the budgeted runs as a fraction of Adam/BPTT's measured peak")
     parser.add_argument("--bptt-repeats", type=int, default=3, help="Adam/BPTT steps measured (the median counts)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Dopamine steps measured per case, each with a fresh model (the median counts)")
     parser.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="folder for the results")
     return parser.parse_args()
 
@@ -103,24 +104,33 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     name = "memory_cpu_quick" if args.quick else "memory_cpu"
 
-    def record(method, k, max_memory, peak, seconds, bptt_peak):
+    def record(method, k, max_memory, peaks, seconds, bptt_peak):
+        peak = peaks[len(peaks) // 2]
         row = dict(method=method, K=k, rank=args.rank if k else "", peak_mb=round(peak, 1),
+                   peaks_mb=" ".join(str(round(p, 1)) for p in peaks),
                    max_memory_mb=round(max_memory / 2**20, 1) if max_memory else "",
-                   ratio_to_bptt=round(peak / bptt_peak, 3), time_s=round(seconds, 2), threads=threads, **{
-                       key: size[key] for key in ("hidden", "windows", "steps")})
+                   ratio_to_bptt=round(peak / bptt_peak, 3), worst_to_bptt=round(peaks[-1] / bptt_peak, 3),
+                   time_s=round(seconds, 2), threads=threads,
+                   **{key: size[key] for key in ("hidden", "windows", "steps")})
         rows.append(row)
         print(row, flush=True)
         write(out, name, rows, size, threads, bptt)  # after every row: a long run leaves what it measured
 
-    bptt = sorted(measure(lambda xs, ys: bptt_step(size, xs, ys), x, y) for _ in range(args.bptt_repeats))
-    bptt_peak, seconds = bptt[len(bptt) // 2]
-    print(f"Adam/BPTT peaks (MiB): {[round(p, 1) for p, _ in bptt]}", flush=True)
-    record("adam_bptt", "", None, bptt_peak, seconds, bptt_peak)
+    def repeated(make_step, repeats):
+        """Peaks (sorted) and the median's seconds of ``repeats`` steps: the resident set's peak varies from run to
+        run (the allocator), so one step is not a measurement."""
+        runs = sorted(measure(make_step, x, y) for _ in range(repeats))
+        return [p for p, _ in runs], runs[len(runs) // 2][1]
+
+    bptt, seconds = repeated(lambda xs, ys: bptt_step(size, xs, ys), args.bptt_repeats)
+    bptt_peak = bptt[len(bptt) // 2]
+    record("adam_bptt", "", None, bptt, seconds, bptt_peak)
     budget = int(args.budget_fraction * bptt_peak * 2**20)
     for k in ks:
         for max_memory in (budget, None):
-            peak, seconds = measure(lambda xs, ys: dopamine_step(size, xs, ys, k, args.rank, max_memory), x, y)
-            record("dopamine", k, max_memory, peak, seconds, bptt_peak)
+            peaks, seconds = repeated(lambda xs, ys: dopamine_step(size, xs, ys, k, args.rank, max_memory),
+                                      args.repeats)
+            record("dopamine", k, max_memory, peaks, seconds, bptt_peak)
     print(f"wrote {out / name}.csv and .md")
 
 
@@ -129,21 +139,22 @@ def write(out: Path, name: str, rows, size, threads, bptt) -> None:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / f"{name}.md").write_text(table(rows, size, threads, [round(p, 1) for p, _ in bptt]))
+    (out / f"{name}.md").write_text(table(rows, size, threads))
 
 
-def table(rows, size, threads, bptt_peaks) -> str:
+def table(rows, size, threads) -> str:
     lines = [f"# Peak memory of one training step (CPU, {threads} threads)", "",
              f"RNN {size['inputs']} -> {size['hidden']} (tanh) + LastHidden + Linear -> {size['inputs']}, "
              f"{size['windows']} windows x {size['steps']} steps in one batch, float32. Peak growth of the resident "
              f"set during one step (`python bench/bench_memory.py`); target: Dopamine <= {TARGET} x Adam/BPTT. "
-             f"Adam/BPTT: the median of {len(bptt_peaks)} steps (peaks {bptt_peaks} MiB).", "",
-             "| method | K | rank | max_memory (MiB) | peak (MiB) | / BPTT | meets target | step (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"Each case: the median of its steps (every step's peak listed), each with a fresh model.", "",
+             "| method | K | rank | max_memory (MiB) | peak (MiB) | peaks (MiB) | / BPTT | worst / BPTT | meets target "
+             "| step (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         meets = "" if r["method"] == "adam_bptt" else ("yes" if r["ratio_to_bptt"] <= TARGET else "no")
         lines.append(f"| {r['method']} | {r['K']} | {r['rank']} | {r['max_memory_mb']} | {r['peak_mb']} | "
-                     f"{r['ratio_to_bptt']} | {meets} | {r['time_s']} |")
+                     f"{r['peaks_mb']} | {r['ratio_to_bptt']} | {r['worst_to_bptt']} | {meets} | {r['time_s']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -121,6 +121,29 @@ def test_cpp_full_rank_ranges_at_layer_widths(width, batch, shared):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_cpp_full_rank_rnn_ranges_over_several_blocks_of_rows(shared):
+    """Batch 300: the CPU full-rank RNN splits it into blocks of 128 rows (the last one partial), and a call of one
+    member runs its blocks on both threads; every range still gives the whole call's bits."""
+    g = torch.Generator().manual_seed(8)
+    k, batch, hidden = 9, 300, 64
+    x = torch.randn((batch, T, IN) if shared else (k, batch, T, IN), generator=g)
+    inputs = (x, None, torch.randn(hidden, IN, generator=g) / IN**0.5,
+              torch.randn(hidden, hidden, generator=g) / hidden**0.5, torch.randn(hidden, generator=g), None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with use_backend("cpp"):
+            whole = rnn(inputs, 0, k, 0, True, True, return_sequence=True)
+            for cuts in ([0, 1, 2, 9], [0, 4, 5, 9], [0, 8, 9]):
+                parts = [rnn(inputs, a, z - a, 0, True, True, return_sequence=True) for a, z in zip(cuts, cuts[1:])]
+                assert torch.equal(torch.cat(parts), whole), cuts
+        with use_backend("reference"):
+            expected = rnn(inputs, 0, k, 0, True, True, return_sequence=True)
+        torch.testing.assert_close(whole, expected, **TOLERANCES[torch.float32])
+    finally:
+        torch.set_num_threads(threads)
+
 @pytest.mark.parametrize("rank", [0, 1, 3])
 @pytest.mark.parametrize("backend,device", backend_device_pairs("perturbed_linear"))
 def test_linear_range_matches_reference(backend, device, rank):

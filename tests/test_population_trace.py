@@ -274,6 +274,23 @@ def test_rows_are_chunked_only_where_one_member_exceeds_the_budget():
     assert bounded.bytes <= per_member // 2
 
 
+def test_a_full_rank_rnn_keeps_whole_batches_where_a_few_members_fit():
+    """The CPU full-rank RNN kernel's scratch is per thread, not per row (blocks of 128 rows): a budget of a few
+    members' states chunks members only, however long the sequences, with the unbudgeted losses bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.RNN(3, 32, batch_first=True), df.LastHidden(), nn.Linear(32, 2))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(300, 40, 3, generator=g), torch.randn(300, 2, generator=g)
+    plan = df.WeightPerturbation(model.parameters(), num_perturbations=64, sigma=0.05, seed=5).plan()
+    expected = df.Population(model)(plan, x, y)
+    per_member = 300 * 32 * 4  # one member's final states, float32
+    chunked = df.Population(model, max_memory=12 * per_member)
+    got = chunked(plan, x, y)
+    assert torch.equal(got, expected)
+    (members, rows), = chunked._chunks.values()
+    assert rows is None and 2 <= members < 65, (members, rows)
+
+
 @pytest.mark.parametrize("members,size", [(range(0, 1025), 256), (range(0, 1025), 5), (range(3, 700), 64),
                                           (range(0, 1), 8), (range(513, 514), 1), (range(0, 9), 1)])
 def test_member_chunks_cover_the_members_on_the_grid(members, size):

@@ -1,9 +1,9 @@
 // CPU kernel of perturbed_rnn: K perturbed Elman RNNs, h_t = act(x_t W_ih,k^T + b_ih,k + h_{t-1} W_hh,k^T + b_hh,k),
 // for the members k = first_member .. first_member + K - 1 (each member's outputs the same bits in any range).
 //
-// Members are independent, so full rank runs each member's whole sequence at once: its noise is generated once
-// per call (not per step) into per-thread weights, the input projection of all T steps is one GEMM and each step
-// one [B, H] x [H, H] GEMM. Low rank splits the members into blocks (the grid of member_blocks.h) that each run the
+// Members are independent, so full rank runs each member's whole sequence, in blocks of batch rows: its noise is
+// generated once per call and thread (not per step) into per-thread weights, and each step of a block is two GEMMs,
+// x_t W_ih^T and h W_hh^T. Low rank splits the members into blocks (the grid of member_blocks.h) that each run the
 // whole sequence:
 // per step h W_hh^T (and x_t W_ih^T for per-member x) is one GEMM over the block's rows, and each row adds its
 // member's low-rank corrections and bias (low_rank_rows.h) from factors generated once per call (they are
@@ -30,6 +30,7 @@ namespace dopamine_fast {
 namespace {
 
 constexpr int64_t kBlockRows = 256;  // most rows (members x batch) one low-rank block carries through the sequence
+constexpr int64_t kFullRankRows = 128;  // batch rows one full-rank task carries through the sequence
 
 struct RnnArgs {
   at::Tensor x;    // [B, T, in] (shared) or [K, B, T, in], contiguous, compute dtype
@@ -58,48 +59,54 @@ void rnn_full_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const int64_t batch = a.x.size(-3), steps = a.x.size(-2);
   const bool shared = a.x.dim() == 3;
   const auto groups = cpu::member_groups(a.first_member, a.num_members, a.baseline, a.antithetic);
-  cpu::parallel_for(0, static_cast<int64_t>(groups.size()), 1, [&](int64_t g0, int64_t g1) {
+  // Tasks are (group, block of rows): the blocks depend on the batch alone, so a member's GEMMs are the same in any
+  // member range (bit for bit), both threads work when a call holds one member, and the scratch is per thread,
+  // not per row.
+  const int64_t row_blocks = (batch + kFullRankRows - 1) / kFullRankRows;
+  const int64_t tasks = static_cast<int64_t>(groups.size()) * row_blocks;
+  cpu::parallel_for(0, tasks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> e_ih(hidden * in), e_hh(hidden * hidden);
     at::Tensor w_ih = at::empty({hidden, in}, a.w_hh.options());
     at::Tensor w_hh = at::empty({hidden, hidden}, a.w_hh.options());
-    at::Tensor u = at::empty({batch * steps, hidden}, a.w_hh.options());
-    at::Tensor h_prev = at::empty({batch, hidden}, a.w_hh.options());
-    at::Tensor h_next = at::empty({batch, hidden}, a.w_hh.options());
-    for (int64_t g = g0; g < g1; ++g) {
+    at::Tensor h_prev = at::empty({std::min(batch, kFullRankRows), hidden}, a.w_hh.options());
+    at::Tensor h_next = at::empty_like(h_prev);
+    int64_t noise_of = -1;  // the group whose noise e_ih, e_hh hold: a thread's tasks run group by group
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t g = i / row_blocks, r0 = i % row_blocks * kFullRankRows;
+      const int64_t rows = std::min(kFullRankRows, batch - r0);
       const cpu::MemberGroup& grp = groups[g];
-      if (grp.perturbed) {
+      if (grp.perturbed && noise_of != g) {
         cpu::noise_normals(a.keys[0], grp.id, 0, hidden * in, e_ih.data());
         cpu::noise_normals(a.keys[1], grp.id, 0, hidden * hidden, e_hh.data());
+        noise_of = g;
       }
+      at::Tensor hp = h_prev.narrow(0, 0, rows), hn = h_next.narrow(0, 0, rows);
       for (int64_t m = grp.first; m < grp.first + grp.count; ++m) {
-        const T s = static_cast<T>(a.sigma) *
-                    static_cast<T>(member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
         if (grp.perturbed) {
+          const T s = static_cast<T>(a.sigma) *
+                      static_cast<T>(member_noise(a.first_member + m, a.baseline, a.antithetic).sign);
           const T* wi = a.w_ih.data_ptr<T>();
           const T* wh = a.w_hh.data_ptr<T>();
           T* wip = w_ih.data_ptr<T>();
           T* whp = w_hh.data_ptr<T>();
-          for (int64_t i = 0; i < hidden * in; ++i) wip[i] = wi[i] + s * static_cast<T>(e_ih[i]);
-          for (int64_t i = 0; i < hidden * hidden; ++i) whp[i] = wh[i] + s * static_cast<T>(e_hh[i]);
+          for (int64_t j = 0; j < hidden * in; ++j) wip[j] = wi[j] + s * static_cast<T>(e_ih[j]);
+          for (int64_t j = 0; j < hidden * hidden; ++j) whp[j] = wh[j] + s * static_cast<T>(e_hh[j]);
         }
         const at::Tensor& wik = grp.perturbed ? w_ih : a.w_ih;
         const at::Tensor& whk = grp.perturbed ? w_hh : a.w_hh;
-        // Input projections of every step with the member's bias: u = x W_ih^T + b, [B, T, H].
-        const at::Tensor xm = (shared ? a.x : a.x[m]).view({batch * steps, in});
-        at::addmm_out(u, bias[m], xm, wik.t());
-        const at::Tensor u3 = u.view({batch, steps, hidden});
-        if (a.h0) {
-          h_prev.copy_(a.h0->dim() == 2 ? *a.h0 : (*a.h0)[m]);
-        } else {
-          h_prev.zero_();
-        }
+        const at::Tensor xm = (shared ? a.x : a.x[m]).narrow(0, r0, rows);  // [rows, T, in]
+        at::Tensor om = out[m].narrow(0, r0, rows);
+        const bool has_h0 = a.h0.has_value();
+        if (has_h0) hp.copy_((a.h0->dim() == 2 ? *a.h0 : (*a.h0)[m]).narrow(0, r0, rows));
         for (int64_t t = 0; t < steps; ++t) {
-          at::addmm_out(h_next, u3.select(1, t), h_prev, whk.t());
-          cpu::apply_activation_(h_next, a.act);
-          if (a.return_sequence) out[m].select(1, t).copy_(h_next);
-          std::swap(h_prev, h_next);
+          // h_t = act(x_t W_ih^T + b + h_{t-1} W_hh^T); the zero initial state contributes nothing.
+          at::addmm_out(hn, bias[m], xm.select(1, t), wik.t());
+          if (t > 0 || has_h0) hn.addmm_(hp, whk.t());
+          cpu::apply_activation_(hn, a.act);
+          if (a.return_sequence) om.select(1, t).copy_(hn);
+          std::swap(hp, hn);
         }
-        if (!a.return_sequence) out[m].copy_(h_prev);
+        if (!a.return_sequence) om.copy_(hp);
       }
     }
   });

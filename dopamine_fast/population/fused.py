@@ -19,6 +19,7 @@ from .. import ops
 from ..plan import ParamNoise, PerturbationPlan
 
 RNN_MODES = {"RNN_TANH", "RNN_RELU"}
+RNN_FULL_RANK_ROWS = 128  # batch rows per task of the CPU full-rank RNN kernel (kFullRankRows, perturbed_rnn.cpp)
 
 Value = Tuple[torch.Tensor, bool]  # (tensor, shared)
 
@@ -99,7 +100,8 @@ class Step:
     """One node of the program. ``row_numel`` and ``scratch_numel`` size it per batch row for the memory budget:
     elements of one member's output, and ``(once, per_member)`` elements its kernel holds besides its inputs and
     output; ``member_numel`` the elements its kernel holds per member whatever the rows (noise factors, perturbed
-    biases). A step that perturbs nothing keeps shared inputs shared."""
+    biases); ``fixed_numel`` those it holds once per call whatever the members and rows (per-thread scratch). A
+    step that perturbs nothing keeps shared inputs shared."""
 
     perturbs = False
 
@@ -109,10 +111,13 @@ class Step:
     def row_numel(self, inputs: Sequence[int]) -> int:
         return inputs[0]
 
-    def scratch_numel(self, inputs: Sequence[int], threads: int) -> Tuple[int, int]:
+    def scratch_numel(self, inputs: Sequence[int], threads: int, call: FusedCall) -> Tuple[int, int]:
         return 0, 0
 
     def member_numel(self, call: FusedCall) -> int:
+        return 0
+
+    def fixed_numel(self, members: int, rows: int, threads: int, call: FusedCall) -> int:
         return 0
 
 
@@ -128,7 +133,7 @@ class LinearStep(Step):
     def row_numel(self, inputs):
         return inputs[0] // self.module.in_features * self.module.out_features
 
-    def scratch_numel(self, inputs, threads):
+    def scratch_numel(self, inputs, threads, call):
         return self.row_numel(inputs), 0  # x W^T of a shared input, held once for all members (low rank)
 
     def member_numel(self, call):
@@ -174,13 +179,33 @@ class RNNStep(Step):
     def row_numel(self, inputs):
         return self.module.hidden_size
 
-    def scratch_numel(self, inputs, threads):
-        # Each thread's input projections of a row's whole sequence (full rank), or the shared projection (low
-        # rank); between stacked layers, every member's sequence of hidden states, in and out. The zero initial
-        # state is never materialised.
+    def _low_rank(self, call: FusedCall) -> bool:
+        return any(call.layer_noise(self.module, self.layer_tensors(layer))[1] > 0
+                   for layer in range(self.module.num_layers))
+
+    def scratch_numel(self, inputs, threads, call):
+        # Between stacked layers, every member's sequence of hidden states, in and out. Low rank also holds the
+        # shared input's projection of a row's whole sequence, and on the CPU each thread's block of states. CUDA
+        # writes every member's states to a spare buffer besides the output (low rank also to a step's products).
+        # The zero initial state is never materialised.
         steps, hidden = inputs[0] // self.module.input_size, self.module.hidden_size
-        between = 2 * steps * hidden if self.module.num_layers > 1 else 0
-        return (threads + 1) * steps * hidden, between
+        low_rank, cuda = self._low_rank(call), self.module.weight_hh_l0.is_cuda
+        once = (steps + (0 if cuda else 2 * threads)) * hidden if low_rank else 0
+        per_member = (2 * steps * hidden if self.module.num_layers > 1 else 0) + cuda * (1 + low_rank) * hidden
+        return once, per_member
+
+    def fixed_numel(self, members, rows, threads, call):
+        # Full rank on the CPU: each busy thread's perturbed weights, their noise and two blocks of states, whatever
+        # the rows. A task is a member (or antithetic pair) and a block of rows.
+        rnn, widest = self.module, 0
+        if rnn.weight_hh_l0.is_cuda or self._low_rank(call):
+            return 0
+        for layer in range(rnn.num_layers):
+            w_ih, w_hh = self.layer_tensors(layer)[:2]
+            widest = max(widest, 2 * (w_ih.numel() + w_hh.numel()))
+        block = min(rows, RNN_FULL_RANK_ROWS)
+        busy = min(threads, members * -(-rows // RNN_FULL_RANK_ROWS))
+        return busy * (widest + 2 * block * rnn.hidden_size)
 
     def member_numel(self, call):
         rnn, total = self.module, 0
@@ -319,10 +344,10 @@ class FusedProgram:
             in_numel = [numel[s] for s in ins.inputs]
             numel[ins.output] = ins.step.row_numel(in_numel)
             shared[ins.output] = not ins.step.perturbs and all(shared[s] for s in ins.inputs)
-            once, per_member = ins.step.scratch_numel(in_numel, threads)
+            once, per_member = ins.step.scratch_numel(in_numel, threads, call)
             live.add(ins.output)
             held = sum(numel[s] * (1 if shared[s] else num_members) for s in live - {0})
-            peak = max(peak, (held + once + per_member * num_members) * rows
-                       + ins.step.member_numel(call) * num_members)
+            peak = max(peak, (held + once + per_member * num_members) * rows + ins.step.member_numel(call) * num_members
+                       + ins.step.fixed_numel(num_members, rows, threads, call))
             live -= set(ins.frees)
         return peak * itemsize, numel[self.output]

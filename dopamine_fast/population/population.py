@@ -160,17 +160,19 @@ class Population:
             peak, output_numel = self._program.footprint(inputs, call, members, chunk_rows, itemsize, threads)
             return peak + 2 * output_numel * members * rows * itemsize
 
-        lo, hi = 1, count  # the most members whose chunk fits, by bisection (the footprint grows with members)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if chunk_bytes(mid, rows) <= self.max_memory else (lo, mid - 1)
-        if lo == count:
+        def most(limit: int, fits) -> int:
+            lo, hi = 1, limit  # the largest n <= limit that fits, by bisection (the footprint grows with n)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+            return lo
+
+        members = most(count, lambda m: chunk_bytes(m, rows) <= self.max_memory)
+        if members == count:
             return count, None
-        if lo > 1 or chunk_bytes(1, rows) <= self.max_memory:
-            return aligned_chunk(lo), None
-        fixed = chunk_bytes(1, 0)
-        per_row = max(1, chunk_bytes(1, 1) - fixed)
-        return 1, max(1, (self.max_memory - fixed) // per_row)
+        if members > 1 or chunk_bytes(1, rows) <= self.max_memory:
+            return aligned_chunk(members), None
+        return 1, most(rows, lambda r: chunk_bytes(1, r) <= self.max_memory)
 
     def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
         """Each model parameter's noise in the plan, by identity: the optimizer's streams, sigmas and ranks."""
