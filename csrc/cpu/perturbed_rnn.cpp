@@ -7,8 +7,9 @@
 // whole sequence:
 // per step h W_hh^T (and x_t W_ih^T for per-member x) is one GEMM over the block's rows, and each row adds its
 // member's low-rank corrections and bias (low_rank_rows.h) from factors generated once per call (they are
-// small); a shared x is projected once for all members and steps. Without h0 the initial state is zero: only
-// one block's (or one member's) state exists at a time, never every member's.
+// small); a shared x is projected once for all members (all steps at once for a batch that fits one block, else
+// step by step in each block). Without h0 the initial state is zero: only one block's (or one member's) state
+// exists at a time, never every member's.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -120,8 +121,11 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
   const cpu::Members mem{a.first_member, members, a.baseline, a.antithetic, a.sigma};
   const auto f_ih = cpu::member_factors(hidden, in, r, a.keys[0], mem, a.w_hh.options());
   const auto f_hh = cpu::member_factors(hidden, hidden, r, a.keys[1], mem, a.w_hh.options());
-  // A shared x needs its input projection once for all members and steps: [T, B, H], each step contiguous.
-  const at::Tensor xw = shared ? at::matmul(a.x.transpose(0, 1), a.w_ih.t()).contiguous() : at::Tensor();
+  // A shared x needs its input projection once for all members: for all steps at once ([T, B, H], each step
+  // contiguous) while the batch fits one block, else step by step in each block, so that no [T, B, H] exists for a
+  // large batch (one block is then one member: the projection costs in / H of the block's GEMMs again).
+  const bool project_once = shared && batch <= kBlockRows;
+  const at::Tensor xw = project_once ? at::matmul(a.x.transpose(0, 1), a.w_ih.t()).contiguous() : at::Tensor();
   const int64_t x_member = shared ? 0 : batch * steps * in;
   const auto blocks = cpu::member_blocks(a.first_member, members, cpu::members_per_block(batch, kBlockRows),
                                          a.baseline);
@@ -140,7 +144,9 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
       at::Tensor h = h_all.narrow(0, pad, nk), pre = pre_all.narrow(0, pad, nk);
       if (a.h0) h.copy_(a.h0->dim() == 2 ? a.h0->expand({nk, batch, hidden}) : a.h0->narrow(0, k0, nk));
       at::Tensor x_t = shared ? at::Tensor() : at::zeros({blocks[blk].size * batch, in}, a.x.options());
+      at::Tensor xw_t = shared && !project_once ? at::empty({batch, hidden}, a.x.options()) : at::Tensor();
       for (int64_t t = 0; t < steps; ++t) {
+        if (xw_t.defined()) at::mm_out(xw_t, a.x.select(1, t), a.w_ih.t());
         // Each row's base, bias and both low-rank corrections in one pass (the factors are small).
         const std::vector<cpu::LowRankTerm<T>> terms{
             {a.x.data_ptr<T>() + k0 * x_member + t * in, x_member, steps * in, in,
@@ -148,7 +154,9 @@ void rnn_low_rank(const RnnArgs& a, const at::Tensor& bias, at::Tensor& out) {
             {h.data_ptr<T>(), batch * hidden, hidden, hidden, f_hh.first.data_ptr<T>() + k0 * r * hidden,
              f_hh.second.data_ptr<T>() + k0 * r * hidden}};
         cpu::low_rank_rows<T>(pre.data_ptr<T>(), nk, batch, hidden, r,
-                              shared ? xw.data_ptr<T>() + t * batch * hidden : nullptr,
+                              !shared ? nullptr
+                              : project_once ? xw.data_ptr<T>() + t * batch * hidden
+                                             : xw_t.data_ptr<T>(),
                               bias.data_ptr<T>() + k0 * hidden, terms);
         at::Tensor pre2d = pre_all.view({-1, hidden});
         pre2d.addmm_(h_all.view({-1, hidden}), a.w_hh.t());

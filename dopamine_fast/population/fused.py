@@ -20,6 +20,7 @@ from ..plan import ParamNoise, PerturbationPlan
 
 RNN_MODES = {"RNN_TANH", "RNN_RELU"}
 RNN_FULL_RANK_ROWS = 128  # batch rows per task of the CPU full-rank RNN kernel (kFullRankRows, perturbed_rnn.cpp)
+RNN_LOW_RANK_BLOCK_ROWS = 256  # rows of a block of the CPU low-rank RNN kernel (kBlockRows, perturbed_rnn.cpp)
 
 Value = Tuple[torch.Tensor, bool]  # (tensor, shared)
 
@@ -100,8 +101,8 @@ class Step:
     """One node of the program. ``row_numel`` and ``scratch_numel`` size it per batch row for the memory budget:
     elements of one member's output, and ``(once, per_member)`` elements its kernel holds besides its inputs and
     output; ``member_numel`` the elements its kernel holds per member whatever the rows (noise factors, perturbed
-    biases); ``fixed_numel`` those it holds once per call whatever the members and rows (per-thread scratch). A
-    step that perturbs nothing keeps shared inputs shared."""
+    biases); ``fixed_numel`` those it holds per call that are not per member and row alike (per-thread scratch, a
+    projection all members share). A step that perturbs nothing keeps shared inputs shared."""
 
     perturbs = False
 
@@ -117,7 +118,7 @@ class Step:
     def member_numel(self, call: FusedCall) -> int:
         return 0
 
-    def fixed_numel(self, members: int, rows: int, threads: int, call: FusedCall) -> int:
+    def fixed_numel(self, inputs: Sequence[int], members: int, rows: int, threads: int, call: FusedCall) -> int:
         return 0
 
 
@@ -184,22 +185,27 @@ class RNNStep(Step):
                    for layer in range(self.module.num_layers))
 
     def scratch_numel(self, inputs, threads, call):
-        # Between stacked layers, every member's sequence of hidden states, in and out. Low rank also holds the
-        # shared input's projection of a row's whole sequence, and on the CPU each thread's block of states. CUDA
-        # writes every member's states to a spare buffer besides the output (low rank also to a step's products).
-        # The zero initial state is never materialised.
+        # Between stacked layers, every member's sequence of hidden states, in and out. Low rank also holds each CPU
+        # thread's block of states, or on CUDA the shared input's projection of a row's whole sequence. CUDA writes
+        # every member's states to a spare buffer besides the output (low rank also to a step's products). The zero
+        # initial state is never materialised.
         steps, hidden = inputs[0] // self.module.input_size, self.module.hidden_size
         low_rank, cuda = self._low_rank(call), self.module.weight_hh_l0.is_cuda
-        once = (steps + (0 if cuda else 2 * threads)) * hidden if low_rank else 0
+        once = (steps if cuda else 2 * threads) * hidden if low_rank else 0
         per_member = (2 * steps * hidden if self.module.num_layers > 1 else 0) + cuda * (1 + low_rank) * hidden
         return once, per_member
 
-    def fixed_numel(self, members, rows, threads, call):
-        # Full rank on the CPU: each busy thread's perturbed weights, their noise and two blocks of states, whatever
-        # the rows. A task is a member (or antithetic pair) and a block of rows.
+    def fixed_numel(self, inputs, members, rows, threads, call):
+        # On the CPU, full rank: each busy thread's perturbed weights, their noise and two blocks of states, whatever
+        # the rows (a task is a member, or antithetic pair, and a block of rows). Low rank: the shared input's
+        # projection, of every step while the batch fits one block (kBlockRows), else of one step per busy thread.
         rnn, widest = self.module, 0
-        if rnn.weight_hh_l0.is_cuda or self._low_rank(call):
+        if rnn.weight_hh_l0.is_cuda:
             return 0
+        if self._low_rank(call):
+            if rows <= RNN_LOW_RANK_BLOCK_ROWS:
+                return rows * inputs[0] // rnn.input_size * rnn.hidden_size
+            return min(threads, members) * rows * rnn.hidden_size
         for layer in range(rnn.num_layers):
             w_ih, w_hh = self.layer_tensors(layer)[:2]
             widest = max(widest, 2 * (w_ih.numel() + w_hh.numel()))
@@ -348,6 +354,6 @@ class FusedProgram:
             live.add(ins.output)
             held = sum(numel[s] * (1 if shared[s] else num_members) for s in live - {0})
             peak = max(peak, (held + once + per_member * num_members) * rows + ins.step.member_numel(call) * num_members
-                       + ins.step.fixed_numel(num_members, rows, threads, call))
+                       + ins.step.fixed_numel(in_numel, num_members, rows, threads, call))
             live -= set(ins.frees)
         return peak * itemsize, numel[self.output]
