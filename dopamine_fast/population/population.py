@@ -171,7 +171,8 @@ class Population:
         if members == count:
             return count, None
         if members > 1 or chunk_bytes(1, rows) <= self.max_memory:
-            return aligned_chunk(members), None
+            # member_chunks puts member 0 in the first chunk besides its perturbed members: one more must fit.
+            return aligned_chunk(max(1, members - (call.plan.local_members.start == 0))), None
         return 1, most(rows, lambda r: chunk_bytes(1, r) <= self.max_memory)
 
     def _noise_of(self, plan: PerturbationPlan) -> Dict[int, ParamNoise]:
