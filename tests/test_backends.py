@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dopamine_fast import backend_info, backends, ops, use_backend
-from dopamine_fast.backends import native
+from dopamine_fast.backends import native, registry
 
 
 def test_reference_is_always_available():
@@ -23,6 +23,22 @@ def test_automatic_choice_prefers_compiled_code_and_never_the_interpreter():
     expected = "cpp" if "cpp" in backends.available_backends("perturbed_linear", "cpu") else "reference"
     assert chosen == expected
     assert backend_info()["perturbed_linear"]["cpu"] == expected
+
+
+def test_a_gpu_measurement_reorders_one_op_and_leaves_the_others(monkeypatch):
+    """OP_ORDER puts Triton before CUDA for perturbed_linear only: with both serving a device (faked here as the
+    CPU, so that no GPU is needed), perturbed_linear picks Triton and perturbed_rnn keeps CUDA."""
+    fake = registry.Impl(lambda *a: None, (), (), lambda: None)
+    for op in ("perturbed_linear", "perturbed_rnn"):
+        monkeypatch.setitem(registry._REGISTRY, op, {"cuda": fake, "triton": fake, "reference": fake})
+    registry.clear_cache()
+    try:
+        assert backends.select("perturbed_linear", "cpu") == "triton"
+        assert backends.select("perturbed_rnn", "cpu") == "cuda"
+        assert backends.available_backends("perturbed_linear", "cpu") == ["triton", "cuda", "reference"]
+    finally:
+        monkeypatch.undo()
+        registry.clear_cache()
 
 
 def test_forcing_an_unknown_name_fails():

@@ -47,9 +47,10 @@ MODES = [(True, True), (True, False), (False, True)]  # (baseline, antithetic)
 
 
 def assert_concatenates(parts, whole, backend, rank, context):
-    """Ranges side by side are the whole call: bit for bit, except Triton's low-rank paths, which leave the GEMM
-    with the shared weight over all members' rows to torch.matmul (its rounding may depend on the row count)."""
-    if backend == "triton" and rank:
+    """Ranges side by side are the whole call: bit for bit, except the GPU backends' low-rank paths, which leave
+    the GEMM with the shared weight over all members' rows to a library GEMM (its rounding may depend on the row
+    count)."""
+    if backend in ("triton", "cuda") and rank:
         torch.testing.assert_close(torch.cat(parts), whole, **TOLERANCES[torch.float32])
     else:
         assert torch.equal(torch.cat(parts), whole), context
@@ -61,11 +62,16 @@ def rnn_cases(backend, cases):
     return cases[:1] if backend == "triton" else cases
 
 
+def range_pairs(op):
+    """The reference, and every kernel backend on each device that runs it (compiled Triton needs CUDA tensors)."""
+    return [pytest.param("reference", "cpu", id="reference-cpu")] + backend_device_pairs(op)
+
+
 @pytest.mark.parametrize("rank", [0, 1, 3])
 @pytest.mark.parametrize("shared", [True, False])
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
-def test_linear_ranges_concatenate_to_the_whole_call(backend, shared, rank):
-    x, w, b = linear_inputs(shared)
+@pytest.mark.parametrize("backend,device", range_pairs("perturbed_linear"))
+def test_linear_ranges_concatenate_to_the_whole_call(backend, device, shared, rank):
+    x, w, b = (t.to(device) for t in linear_inputs(shared))
     for baseline, antithetic in MODES:
         with use_backend(backend):
             whole = linear(x, w, b, 0, TOTAL, rank, baseline, antithetic)
@@ -76,9 +82,9 @@ def test_linear_ranges_concatenate_to_the_whole_call(backend, shared, rank):
 
 @pytest.mark.parametrize("rank", [0, 2])
 @pytest.mark.parametrize("shared,with_h0", [(True, False), (False, True)])
-@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
-def test_rnn_ranges_concatenate_to_the_whole_call(backend, shared, with_h0, rank):
-    inputs = rnn_inputs(shared, with_h0)
+@pytest.mark.parametrize("backend,device", range_pairs("perturbed_rnn"))
+def test_rnn_ranges_concatenate_to_the_whole_call(backend, device, shared, with_h0, rank):
+    inputs = [None if t is None else t.to(device) for t in rnn_inputs(shared, with_h0)]
     for baseline, antithetic in rnn_cases(backend, MODES):
         with use_backend(backend):
             whole = rnn(inputs, 0, TOTAL, rank, baseline, antithetic, return_sequence=True)

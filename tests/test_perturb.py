@@ -50,7 +50,7 @@ def test_backend_writes_only_the_parameter(backend, device):
 @pytest.mark.parametrize("backend,device", backend_device_pairs("perturb_"))
 def test_restore_is_within_rounding(backend, device, rank):
     """Adding ``-alpha`` after ``+alpha`` gives the weights back up to one rounding per pass."""
-    p = torch.randn(33, 21, generator=torch.Generator().manual_seed(4), device=device)
+    p = torch.randn(33, 21, generator=torch.Generator().manual_seed(4)).to(device)
     before = p.clone()
     with use_backend(backend):
         ops.perturb_(p, seed=3, step=2, stream=1, noise_id=0, rank=rank, alpha=0.05)

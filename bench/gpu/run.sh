@@ -104,16 +104,19 @@ step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, json
 if [ "${RUN_TESTS:-1}" = 0 ]; then
   log "== tests: skipped (RUN_TESTS=0)"
 elif [ "$DEVICE" = cuda ]; then
-  step pytest-gpu 120 "$OUT/pytest.txt" "$PYTHON" -m pytest -q -rfEs --maxfail=25 --durations=10 -p no:cacheprovider \
-    -k "cuda or triton" tests/
+  # Triton compiles each kernel variant on the CPU on first use: pytest-xdist (in the GPU image) spreads that over
+  # the cores, one CUDA context per worker.
+  XDIST="$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n $(nproc)")"
+  step pytest-gpu 150 "$OUT/pytest.txt" "$PYTHON" -m pytest -q -rfEs --maxfail=25 --durations=10 -p no:cacheprovider \
+    $XDIST -k "cuda or triton" tests/
 else
   step pytest-dry 60 "$OUT/pytest.txt" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_backends.py
 fi
 
 # Most telling first, so that a spent budget cuts the least.
 step precision 30 "$OUT/bench.txt" "$PYTHON" -u bench/gpu/precision_check.py --device "$DEVICE" --out "$RESULTS" $QUICK
-bench bench_population 80
-bench bench_step 70
+bench bench_population 90
+bench bench_step 90
 # One benchmark per op of ops.SPECS that has one (bench/suite.py), 35 s each.
 OP_BENCHES="$("$PYTHON" bench/suite.py)" || log "== bench/suite.py failed: the op benchmarks are not run"
 for name in $OP_BENCHES; do

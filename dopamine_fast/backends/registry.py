@@ -1,6 +1,7 @@
 """Backend registry: one op, several implementations, chosen by device and availability.
 
-Order of preference: ``cuda`` > ``triton`` > ``cpp`` > ``reference``. Triton serves CPU tensors only when forced
+Order of preference: ``cuda`` > ``triton`` > ``cpp`` > ``reference``, except where a GPU measured otherwise
+(``OP_ORDER``). Triton serves CPU tensors only when forced
 (its interpreter, ``TRITON_INTERPRET=1``, is for tests, not speed). ``DOPAMINE_FAST_BACKEND`` (or
 ``use_backend``) forces one backend for every op; forcing one that cannot serve a call raises instead of
 silently falling back, so a test never checks the reference against itself.
@@ -26,6 +27,16 @@ log = logging.getLogger("dopamine_fast")
 
 BACKEND_ENV = "DOPAMINE_FAST_BACKEND"
 ORDER = ("cuda", "triton", "cpp", "reference")
+# Measured on an NVIDIA H200 (bench/results/gpu/h200/backend_choice.csv, `bash bench/gpu/run.sh`): Triton's
+# perturbed_linear took 0.84x the CUDA kernel's time (geometric mean of 16 cases, faster in 12), and the whole fused
+# population path, which calls it, 0.94x (faster in 10 of 12). CUDA kept noise_ (Triton 1.25x its time),
+# perturbed_rnn (1.32x) and rpe_update_ (1.44x).
+OP_ORDER = {"perturbed_linear": ("triton", "cuda", "cpp", "reference")}
+
+
+def order(op: str) -> Tuple[str, ...]:
+    """The backends of ``op`` in order of preference."""
+    return OP_ORDER.get(op, ORDER)
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,7 @@ def select(op: str, device) -> str:
         chosen = forced
         passed_over = {}
     else:
-        chosen, passed_over = _first_available(impls, device_type)
+        chosen, passed_over = _first_available(op, impls, device_type)
     key = (op, device_type, chosen)
     if key not in _announced:
         _announced.add(key)
@@ -126,10 +137,10 @@ def select(op: str, device) -> str:
     return chosen
 
 
-def _first_available(impls: Dict[str, Impl], device_type: str) -> Tuple[str, Dict[str, str]]:
+def _first_available(op: str, impls: Dict[str, Impl], device_type: str) -> Tuple[str, Dict[str, str]]:
     """The automatic choice, and why each backend preferred to it cannot run here."""
     passed_over = {}
-    for name in ORDER:
+    for name in order(op):
         if name in impls and _serves(impls[name], device_type, False):
             why = impls[name].available()
             if why is None:
@@ -160,7 +171,7 @@ def implementation(op: str, backend: str) -> Callable:
 def available_backends(op: str, device) -> list:
     """Backends that can run ``op`` on ``device`` here, forced or not, in order of preference."""
     device_type = torch.device(device).type
-    return [name for name in ORDER if name in _REGISTRY.get(op, {})
+    return [name for name in order(op) if name in _REGISTRY.get(op, {})
             and _serves(_REGISTRY[op][name], device_type, True) and _REGISTRY[op][name].available() is None]
 
 
@@ -200,6 +211,6 @@ def backend_info(explain: bool = False) -> Dict[str, Dict[str, str]]:
                 info[op][dt] = f"unavailable: {err}"
                 continue
             if explain and forced_backend() is None:
-                passed_over = _first_available(_REGISTRY[op], dt)[1]
+                passed_over = _first_available(op, _REGISTRY[op], dt)[1]
                 info[op][dt] += "".join(f" ({name} unavailable: {why})" for name, why in passed_over.items())
     return info

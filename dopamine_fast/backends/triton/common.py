@@ -67,7 +67,7 @@ def low_rank_factors(weight, seed, step, stream, rank, num_members, baseline, an
 def dot(a, b, acc, EXACT_FP32: tl.constexpr):
     """``acc + a @ b``: fp64 stays IEEE, fp32 uses three TF32 products (about fp32 accuracy, on tensor cores)."""
     if a.dtype == tl.float64:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)  # Triton < 3.8 defaults to fp32
     elif EXACT_FP32:
         return tl.dot(a, b, acc, input_precision="tf32x3")
     else:

@@ -6,12 +6,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import as_u32, block_bits, box_muller, counter_words, interleave4
+from .philox import as_u32, block_bits, box_muller, counter_jit, counter_words, interleave4
 
 BLOCK = 1024  # elements per program: 256 Philox calls, each feeding four consecutive elements
 
 
-@triton.jit
+@counter_jit
 def _noise_kernel(out_ptr, numel, stride_id, stride_e, first_id, k0, k1, step, stream,
                   BITS: tl.constexpr, BLOCK: tl.constexpr):
     # One flat grid (ids x tiles): grid axes 1 and 2 are capped at 65535, and K can exceed that.

@@ -16,13 +16,13 @@ import triton.language as tl
 from ...plan import low_rank_numel
 from .common import compute_zeros
 from .noise import fill_noise
-from .philox import as_u32, block_normals, counter_words, interleave4
+from .philox import as_u32, block_normals, counter_jit, counter_words, interleave4
 
 BLOCK = 1024
 TILE = 32  # low rank: rows and columns per program
 
 
-@triton.jit
+@counter_jit
 def _full_rank_kernel(p_ptr, numel, alpha, noise_id, k0, k1, step, stream, BLOCK: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
     block = (tile * (BLOCK // 4) + tl.arange(0, BLOCK // 4)).to(tl.uint32)

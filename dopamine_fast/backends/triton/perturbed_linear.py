@@ -19,10 +19,10 @@ import triton.language as tl
 
 from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, first_noise_id, low_rank_factors,
                      low_rank_outputs, low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
-from .philox import as_u32, counter_words
+from .philox import as_u32, counter_jit, counter_words
 
 
-@triton.jit
+@counter_jit
 def _full_rank_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_in, n_out,
                       stride_xm, stride_xb, stride_xi, stride_wo, stride_wi, stride_ym, stride_yb, stride_yo,
                       sigma, k0, k1, step, w_stream, b_stream, first_member,
@@ -41,7 +41,7 @@ def _full_rank_kernel(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_in, n_out,
              noise_id, step32, key0, key1, b_ptr, b_stream, b_ptr, b_stream, HAS_BIAS, False, ACTIVATION)
 
 
-@triton.jit
+@counter_jit
 def _low_rank_kernel(base_ptr, x_ptr, f_ptr, b_ptr, y_ptr, n_rows, n_in, n_out, rank,
                      stride_basem, stride_baseb, stride_baseo, stride_xm, stride_xb, stride_xi, stride_f,
                      stride_ym, stride_yb, stride_yo, sigma, k0, k1, step, b_stream, first_member, first_id,
@@ -56,7 +56,7 @@ def _low_rank_kernel(base_ptr, x_ptr, f_ptr, b_ptr, y_ptr, n_rows, n_in, n_out, 
     a_ptr = f_ptr + (noise_id.to(tl.int64) - first_id) * stride_f  # factors of this member's noise id: A, then B
     t = low_rank_project(t, x_ptr + m.to(tl.int64) * stride_xm, stride_xb, stride_xi, offs_b, mask_b, n_in,
                          a_ptr + n_out * rank, rank, BLOCK_IN, EXACT_FP32)
-    t = t * (scale / tl.sqrt(tl.to_tensor(rank).to(t.dtype)))
+    t = t * (scale / tl.sqrt(tl.cast(rank, t.dtype)))
     key0, key1, step32 = as_u32(k0), as_u32(k1), as_u32(step)
     low_rank_outputs(base_ptr + m.to(tl.int64) * stride_basem, stride_baseb, stride_baseo,
                      y_ptr + m.to(tl.int64) * stride_ym, stride_yb, stride_yo, offs_b, mask_b, n_out, rank, t, a_ptr,

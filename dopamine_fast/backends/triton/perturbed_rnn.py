@@ -17,10 +17,10 @@ import triton.language as tl
 
 from .common import (ACTIVATION_CODES, compute_zeros, epilogue, exact_fp32, first_noise_id, low_rank_factors,
                      low_rank_outputs, low_rank_project, member_strides, member_tile, perturbed_matmul, tile_size)
-from .philox import as_u32, counter_words
+from .philox import as_u32, counter_jit, counter_words
 
 
-@triton.jit
+@counter_jit
 def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out_ptr, n_rows, n_in, n_hidden,
                            stride_xm, stride_xb, stride_xi, stride_hm, stride_hb, stride_hh,
                            stride_wih_o, stride_wih_i, stride_whh_o, stride_whh_i, stride_om, stride_ob, stride_oh,
@@ -46,7 +46,7 @@ def _full_rank_step_kernel(x_ptr, h_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, out
              noise_id, step32, key0, key1, bih_ptr, stream_bih, bhh_ptr, stream_bhh, HAS_BIH, HAS_BHH, ACTIVATION)
 
 
-@triton.jit
+@counter_jit
 def _low_rank_step_kernel(base_ptr, x_ptr, h_ptr, fih_ptr, fhh_ptr, bih_ptr, bhh_ptr, out_ptr, n_rows, n_in, n_hidden,
                           rank, stride_basem, stride_baseb, stride_baseh, stride_xm, stride_xb, stride_xi,
                           stride_hm, stride_hb, stride_hh, stride_fih, stride_fhh, stride_om, stride_ob, stride_oh,
@@ -60,7 +60,7 @@ def _low_rank_step_kernel(base_ptr, x_ptr, h_ptr, fih_ptr, fhh_ptr, bih_ptr, bhh
     t_ih = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     t_hh = compute_zeros((BLOCK_B, RANK_TILE), out_ptr)
     scale = sign.to(t_ih.dtype) * sigma
-    factor_scale = scale / tl.sqrt(tl.to_tensor(rank).to(t_ih.dtype))
+    factor_scale = scale / tl.sqrt(tl.cast(rank, t_ih.dtype))
     a_ih = fih_ptr + (noise_id.to(tl.int64) - first_id) * stride_fih  # this member's factors: A, then B
     a_hh = fhh_ptr + (noise_id.to(tl.int64) - first_id) * stride_fhh
     t_ih = low_rank_project(t_ih, x_ptr + m.to(tl.int64) * stride_xm, stride_xb, stride_xi, offs_b, mask_b, n_in,

@@ -8,6 +8,8 @@ uint32 with ``as_u32`` whatever type Triton gave the argument.
 
 from __future__ import annotations
 
+import inspect
+
 import triton
 import triton.language as tl
 
@@ -19,6 +21,19 @@ TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2^-24
 TWO_PI = tl.constexpr(6.283185307179586)
 
 MASK32 = 0xFFFFFFFF
+# Arguments that change from call to call: the key and counter words, streams, member and noise ids.
+COUNTERS = frozenset({"k0", "k1", "step", "stream", "w_stream", "b_stream", "stream_wih", "stream_whh", "stream_bih",
+                      "stream_bhh", "noise_id", "first_id", "first_member"})
+
+
+def counter_jit(fn):
+    """``triton.jit`` that does not specialise the kernel on its ``COUNTERS``.
+
+    Triton compiles an int argument's value 1, and multiples of 16, into separate variants: the optimizer's step
+    0, 1 and 2 each compiled the kernels again (on an H200 the paper RNN's second and third Dopamine steps took
+    9-13 s instead of 50 ms).
+    """
+    return triton.jit(do_not_specialize=[n for n in inspect.signature(fn).parameters if n in COUNTERS])(fn)
 
 
 def counter_words(seed: int, step: int, stream: int):
@@ -29,7 +44,7 @@ def counter_words(seed: int, step: int, stream: int):
 @triton.jit
 def as_u32(x):
     """A kernel argument holding an int in [0, 2^32) (typed i32, i64 or constexpr by Triton) as a uint32 scalar."""
-    return tl.to_tensor(x).to(tl.uint32)
+    return tl.cast(x, tl.uint32)  # tl.cast takes a plain int too (tl.to_tensor is Triton 3.8 only)
 
 
 @triton.jit

@@ -15,14 +15,14 @@ import triton.language as tl
 
 from ...plan import low_rank_numel
 from .noise import fill_noise
-from .philox import as_u32, block_normals, counter_words, interleave4
+from .philox import as_u32, block_normals, counter_jit, counter_words, interleave4
 from .common import compute_dtype, compute_zeros
 
 BLOCK = 1024
 FACTOR_CHUNK_NORMALS = 1 << 24  # factors generated at once by the low-rank update (64 MiB in float32)
 
 
-@triton.jit
+@counter_jit
 def _full_rank_kernel(p_ptr, c_ptr, numel, n_ids, stride_c, alpha, k0, k1, step, stream, BLOCK: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
     block = (tile * (BLOCK // 4) + tl.arange(0, BLOCK // 4)).to(tl.uint32)
