@@ -18,7 +18,8 @@ from dopamine_fast.backends.triton.philox import COUNTERS
 kernels = 0
 for module in (noise, perturb, perturbed_linear, perturbed_rnn, rpe_update):
     for name, k in vars(module).items():
-        if isinstance(k, triton.runtime.jit.JITFunction) and name.endswith("_kernel") and k.__module__ == module.__name__:
+        is_kernel = isinstance(k, triton.runtime.jit.JITFunction) and name.endswith("_kernel")
+        if is_kernel and k.__module__ == module.__name__:
             kernels += 1
             wrong = [p.name for p in k.params if (p.name in COUNTERS) != bool(p.do_not_specialize)]
             assert not wrong, (module.__name__, name, wrong)
