@@ -4,10 +4,11 @@ parameters, float32 and bfloat16, through the public API.
 
 Each case runs in a fresh process (so one case's allocator state never flatters the next): it builds the model,
 runs a warm forward pass, then measures ``--steps`` steps after one warm-up step. ``peak_mb`` is the growth of the
-resident set above the warm model (``PeakMemory``: the kernel's high-water mark) over the warm-up and measured
-steps, so Adam's lazily created state counts; ``time_s`` is the median step. ``forward_s`` is the median of three
-``no_grad`` forward passes of the same process, and ``step_over_forwards`` divides a step by the forward passes it
-needs (Dopamine 1 + K, MeZO 2, inference 1, Adam: forward + backward counted as one forward). Models:
+resident set above the warm model (``PeakMemory``: the kernel's high-water mark; with ``--device cuda``, the CUDA
+allocator's peak) over the warm-up and measured steps, so Adam's lazily created state counts; ``time_s`` is the
+median step. ``forward_s`` is the median of three ``no_grad`` forward passes of the same process, and
+``step_over_forwards`` divides a step by the forward passes it needs (Dopamine 1 + K, MeZO 2, inference 1, Adam:
+forward + backward counted as one forward). Models:
 
 - ``10M``: ``nn.TransformerEncoder``, 3 layers, d 512, 8 heads, FFN 2048, on a [2, 64, 512] input, MSE loss;
 - ``42M``: 6 layers, d 768, 12 heads, FFN 3072 (the issue's model), [2, 64, 768], MSE loss;
@@ -15,6 +16,7 @@ needs (Dopamine 1 + K, MeZO 2, inference 1, Adam: forward + backward counted as 
   cross-entropy of 2 x 64 random tokens.
 
     python bench/bench_large.py --threads 1 [--sizes 10M,42M,124M] [--dtypes float32,bfloat16] [--quick]
+    python bench/bench_large.py --device cuda --sizes 124M --dtypes bfloat16     # bench/gpu/run.sh's row
 """
 
 from __future__ import annotations
@@ -66,24 +68,24 @@ class TokenModel(torch.nn.Module):
         return F.linear(self.encoder(self.embedding(tokens)), self.embedding.weight)
 
 
-def build(size: str, dtype: torch.dtype, batch: int = 2, tokens: int = 64):
-    """The model and its loss closure, seeded."""
+def build(size: str, dtype: torch.dtype, device: str = "cpu", batch: int = 2, tokens: int = 64):
+    """The model and its loss closure, seeded (built on the CPU, then moved: the same weights on any device)."""
     d, layers, heads, vocabulary = SIZES[size]
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)
     encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
     g = torch.Generator().manual_seed(1)
     if vocabulary is None:
-        model = encoder.to(dtype)
-        x = torch.randn(batch, tokens, d, generator=g).to(dtype)
-        y = torch.randn(batch, tokens, d, generator=g).to(dtype)
+        model = encoder.to(device, dtype)
+        x = torch.randn(batch, tokens, d, generator=g).to(device, dtype)
+        y = torch.randn(batch, tokens, d, generator=g).to(device, dtype)
 
         def loss():
             return F.mse_loss(model(x).float(), y.float())
     else:
-        model = TokenModel(vocabulary, encoder, d).to(dtype)
-        x = torch.randint(vocabulary, (batch, tokens), generator=g)
-        y = torch.randint(vocabulary, (batch, tokens), generator=g)
+        model = TokenModel(vocabulary, encoder, d).to(device, dtype)
+        x = torch.randint(vocabulary, (batch, tokens), generator=g).to(device)
+        y = torch.randint(vocabulary, (batch, tokens), generator=g).to(device)
 
         def loss():
             return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
@@ -119,27 +121,26 @@ def dopamine_case(method: str):
     return words[1], int(words[2][1:]), int(words[3][1:]) if len(words) > 3 else K
 
 
-def run_case(size: str, dtype_name: str, method: str, steps: int, threads: int) -> dict:
-    """One case, in its own process: the row's measured fields."""
+def run_case(size: str, dtype_name: str, method: str, steps: int, threads: int, device: str = "cpu") -> dict:
+    """One case, in its own process: the row's measured fields (on CUDA, the allocator's peak above the warm
+    model)."""
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
-    model, loss = build(size, dtype)
+    model, loss = build(size, dtype, device)
     params = list(model.parameters())
-    forwards = []
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        common.synchronize(torch.device(device))
+        return time.perf_counter() - t0
     with torch.no_grad():
-        loss()  # warm: thread pools, lazy initialisation
-        for _ in range(3):
-            t0 = time.perf_counter()
-            loss()
-            forwards.append(time.perf_counter() - t0)
+        timed(loss)  # warm: thread pools, lazy initialisation, kernel selection
+        forwards = [timed(loss) for _ in range(3)]
     step, forwards_per_step = stepper(method, model, loss)
-    meter = PeakMemory("cpu")
-    times = []
+    meter = PeakMemory(device)
     with meter.active():
-        for _ in range(1 + steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+        times = [timed(step) for _ in range(1 + steps)]
     timed = times[1:]
     element = params[0].element_size()
     return dict(params=sum(p.numel() for p in params), param_mb=sum(p.numel() for p in params) * element / 2**20,
@@ -156,13 +157,14 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=3, help="measured steps per case (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="the tiny model only, one step: a smoke run")
     parser.add_argument("--out", default=str(common.DEFAULT_OUT))
     parser.add_argument("--name", default=NAME, help="the CSV's, JSON's and plots' file name")
     parser.add_argument("--rederive", action="store_true",
                         help="measure nothing: recompute the derived columns, table and plots of <out>/<name>.csv")
     args = parser.parse_args()
-    args.out, args.device, args.budget_s = Path(args.out), torch.device("cpu"), math.inf
+    args.out, args.device, args.budget_s = Path(args.out), torch.device(args.device), math.inf
     if args.rederive:
         return rederive(args.out, args.name, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +176,7 @@ def main():
         for dtype in args.dtypes.split(","):
             for method in args.methods.split(","):
                 with context.Pool(1) as pool:  # a fresh process per case
-                    got = pool.apply(run_case, (size, dtype, method, steps, args.threads))
+                    got = pool.apply(run_case, (size, dtype, method, steps, args.threads, args.device.type))
                 timing, peak = got.pop("timing"), got.pop("peak_mb")
                 fields = dict(method=method, rank="", memory="", K=1 if method == "mezo" else "")
                 if method.startswith("dopamine"):
@@ -187,7 +189,7 @@ def main():
                       f"({recorder.rows[-1]['step_over_forwards']:.2f}x its forwards), peak +{peak:.1f} MiB",
                       flush=True)
     recorder.write({"K": K, "steps": steps, "note": "CPU shared with other work; compare within one run"})
-    report(recorder.rows, args.out, recorder.name, args.threads)
+    report(recorder.rows, args.out, recorder.name, where(args.device, args.threads))
 
 
 def derive(rows) -> None:
@@ -203,13 +205,20 @@ def derive(rows) -> None:
         r["lean_budget_mb"] = r["largest_tensor_mb"] + 0.1 * r["param_mb"]
 
 
-def report(rows, out: Path, name: str, threads: int) -> None:
+def where(device: torch.device, threads: int) -> str:
+    """The machine a table speaks of, for its title."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {threads} thread(s), shared with other work"
+
+
+def report(rows, out: Path, name: str, machine: str) -> None:
     """``<name>.md`` (the table) and the plots of peak memory and step time."""
     rows = common.ok_rows(rows)
-    (out / f"{name}.md").write_text(table(rows, threads))
+    (out / f"{name}.md").write_text(table(rows, machine))
     for y, ylabel in (("peak_mb", "peak above the warm model (MiB)"), ("time_s", "seconds per step")):
-        common.plot_series(rows, out / f"{name}_{y}.png", "params", y, ["dtype"],
-                           f"Large models, CPU {threads} thread(s)", ylabel)
+        common.plot_series(rows, out / f"{name}_{y}.png", "params", y, ["dtype"], f"Large models, {machine}",
+                           ylabel)
 
 
 def rederive(out: Path, name: str, threads: int) -> None:
@@ -226,13 +235,14 @@ def rederive(out: Path, name: str, threads: int) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: common._fmt(v) for k, v in r.items()} for r in rows)
-    report(rows, out, name, threads)
+    report(rows, out, name, where(torch.device("cpu"), threads))
 
 
-def table(rows, threads: int) -> str:
+def table(rows, machine: str) -> str:
     """The rows as a markdown table, each size and dtype against its own inference and Adam rows."""
-    lines = [f"# Large models at inference memory (CPU, {threads} thread(s), shared with other work)", "",
-             "Peak: growth of the resident set above the warm model over one warm-up and the measured steps. "
+    lines = [f"# Large models at inference memory ({machine})", "",
+             "Peak: growth of the resident set (on a GPU, of the CUDA allocator's peak) above the warm model over one "
+             "warm-up and the measured steps. "
              "`x fwd`: a step's median time over its forward passes' (1 + K for Dopamine, 2 for MeZO). "
              "`x inference`: (parameters + peak) over (parameters + inference's peak). "
              "Lean budget: the largest tensor + 10% of the parameters' bytes (`python bench/bench_large.py`).", "",

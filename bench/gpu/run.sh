@@ -7,8 +7,8 @@
 #      the sigma=1e-5 full-rank precision check, populations (MLP 3x1024 K=4096 B=32 vs the cuBLAS floor, loop,
 #      vmap, FLOP/s fraction of a dense matmul), whole steps (paper RNN: 512 hidden, batch 5000, look-back 32,
 #      vs Adam/BPTT: time and peak CUDA memory), each op's benchmark (bench/suite.py: noise vs torch.randn,
-#      perturbed_linear, perturbed_rnn with the nn.RNN floor, rpe_update), op dispatch overhead, then the
-#      cuda-vs-triton choice per op,
+#      perturbed_linear, perturbed_rnn with the nn.RNN floor, rpe_update), the 124M-parameter lean step
+#      (bench_large.py), op dispatch overhead, then the cuda-vs-triton choice per op,
 #   4. packs everything into at most 5 files under $OUT (only up to 8 come back from the device machine):
 #        log.txt  the whole run, in order, with timestamps      build.txt  compiler output (ptxas report)
 #        pytest.txt  the tests      bench.txt  the benchmarks' output      results.tgz  CSV, JSON, plots
@@ -122,6 +122,10 @@ OP_BENCHES="$("$PYTHON" bench/suite.py)" || log "== bench/suite.py failed: the o
 for name in $OP_BENCHES; do
   bench "$name" 35
 done
+# The 124M-parameter model's lean Dopamine step: memory against inference, the step against its forward passes
+# (bench_large.py writes its CSV at the end: a case cut by the timeout loses the run's rows).
+step bench_large 90 "$OUT/bench.txt" "$PYTHON" -u bench/bench_large.py --device "$DEVICE" --sizes 124M \
+  --dtypes bfloat16 --steps 2 --methods "inference,adam,mezo,dopamine lean r0,dopamine lean r4" --out "$RESULTS" $QUICK
 bench bench_dispatch 20
 step choose-backends 20 "$OUT/bench.txt" "$PYTHON" bench/gpu/choose_backends.py --out "$RESULTS" \
   --backends "$( [ "$DEVICE" = cuda ] && echo cuda,triton || echo cpp,reference )"
