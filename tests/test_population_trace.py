@@ -1,7 +1,9 @@
 """Users' own modules on the fused path (torch.fx reads their forward), the message when they cannot take it,
 and the memory budget (``max_memory``): chunked evaluations give the losses of unchunked ones."""
 
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,6 +274,17 @@ def test_rows_are_chunked_only_where_one_member_exceeds_the_budget():
         got = chunked(plan, x, y)
     torch.testing.assert_close(got, expected, **TIGHT)
     assert bounded.bytes <= per_member // 2
+
+
+def test_the_budget_sizes_rnn_blocks_as_the_cpu_kernel_does():
+    """fused.py's estimate mirrors the CPU RNN kernel's block sizes, which live in C++: they must not drift apart."""
+    from dopamine_fast.population import fused
+    source = (Path(__file__).resolve().parents[1] / "csrc" / "cpu" / "perturbed_rnn.cpp").read_text()
+
+    def constant(name):
+        return int(re.search(rf"constexpr int64_t {name} = (\d+);", source).group(1))
+    assert fused.RNN_FULL_RANK_ROWS == constant("kFullRankRows")
+    assert fused.RNN_LOW_RANK_BLOCK_ROWS == constant("kBlockRows")
 
 
 def test_a_full_rank_rnn_keeps_whole_batches_where_a_few_members_fit():

@@ -19,8 +19,9 @@ from .. import ops
 from ..plan import ParamNoise, PerturbationPlan
 
 RNN_MODES = {"RNN_TANH", "RNN_RELU"}
-RNN_FULL_RANK_ROWS = 128  # batch rows per task of the CPU full-rank RNN kernel (kFullRankRows, perturbed_rnn.cpp)
-RNN_LOW_RANK_BLOCK_ROWS = 256  # rows of a block of the CPU low-rank RNN kernel (kBlockRows, perturbed_rnn.cpp)
+# The CPU RNN kernel's blocks (perturbed_rnn.cpp's kFullRankRows and kBlockRows; a test checks them against it).
+RNN_FULL_RANK_ROWS = 128  # batch rows per task of the full-rank kernel
+RNN_LOW_RANK_BLOCK_ROWS = 256  # rows of a block of the low-rank kernel
 
 Value = Tuple[torch.Tensor, bool]  # (tensor, shared)
 
