@@ -5,8 +5,13 @@
 
 XOR: ``Linear(2, H) - Tanh - Linear(H, 1)``, MSE, 0/1 or +-1 coding, 3000 steps through ``df.Population`` (the
 drop-in rule batched: same noise and update), solved when all four outputs lie on the right side of the middle.
-Lorenz: the built-in task, a 64-unit RNN, K = 16 antithetic, sigma 1e-3, minibatches of 128, 2000 steps; test NRMSE
-every 500 steps. One thread; the numbers in docs/algorithm.md came from these loops.
+Lorenz: the built-in task, a 64-unit RNN (``--hidden``), K = 16 antithetic, sigma 1e-3, minibatches of 128, 2000
+steps; test NRMSE every 500 steps (``--log-every``), printed as it comes. ``--paper``: the paper's sizes instead, a
+512-unit RNN on the full training set (3468 windows) each step, on ``--device`` (a GPU run). One CPU thread; the numbers in
+docs/algorithm.md came from these loops.
+
+    python bench/bench_long_runs.py lorenz --paper --device cuda --seeds 1 --log-every 250
+    python bench/bench_long_runs.py lorenz --hidden 64,128,256,512 --seeds 1 --steps 500 --log-every 100
 """
 
 from __future__ import annotations
@@ -55,34 +60,45 @@ def main(argv=None) -> int:
     parser.add_argument("task", choices=["xor", "lorenz"])
     parser.add_argument("--optimizer", choices=sorted(CLASSES), default="dopamine")
     parser.add_argument("--coding", choices=["01", "pm"], default="01")
-    parser.add_argument("--hidden", default="2,4,8,16", help="XOR hidden sizes")
+    parser.add_argument("--hidden", help="hidden sizes (default: 2,4,8,16 on XOR, 64 on Lorenz; --paper: 512)")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="default: 3000 on XOR, 2000 on Lorenz")
     parser.add_argument("--option", action="append", default=[], help="constructor option KEY=VALUE")
+    parser.add_argument("--paper", action="store_true", help="Lorenz at the paper's sizes: 512 hidden, full batch")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (Lorenz)")
+    parser.add_argument("--log-every", type=int, default=500, help="steps between Lorenz's test NRMSE lines")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     options = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.option)}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    hiddens = [int(h) for h in (args.hidden or ("2,4,8,16" if args.task == "xor" else
+                                                 "512" if args.paper else "64")).split(",")]
     if args.task == "xor":
-        for hidden in map(int, args.hidden.split(",")):
+        for hidden in hiddens:
             start = time.perf_counter()
             solved = sum(xor_solved(CLASSES[args.optimizer], args.coding, hidden, s, args.steps or 3000, options)
                          for s in seeds)
             print(f"{args.optimizer} {options} XOR {args.coding} 2-{hidden}-1: solved {solved}/{len(seeds)} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
         return 0
-    task = get_task("lorenz")
+    task = get_task("lorenz").to(args.device)
+    batch_size = 0 if args.paper else 128
     hp = {"sigma": 1e-3, "num_perturbations": 16, "antithetic": True, **options}
     steps = args.steps or 2000
-    for seed in seeds:
+    for hidden, seed in ((h, s) for h in hiddens for s in seeds):
+        name = f"{args.optimizer} {hp} Lorenz {hidden} hidden seed {seed}"
+
+        def show(row, name=name):
+            print(f"{name}: step {row['step']} test NRMSE {row['test_error']:.4f} train loss {row['train_loss']:.4g} "
+                  f"({row['train_s']:.0f} s)", flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = train(task, args.optimizer, hp, steps=steps, seed=seed, hidden=64, batch_size=128,
-                      log_points=max(1, steps // 500))
+            r = train(task, args.optimizer, hp, steps=steps, seed=seed, hidden=hidden, batch_size=batch_size,
+                      log_points=max(1, steps // args.log_every), on_log=show)
         points = " ".join(f"{row['step']}:{row['test_error']:.4f}" for row in r.curve[1:])
-        print(f"{args.optimizer} {hp} Lorenz seed {seed}: test NRMSE {points} (persistence "
-              f"{task.persistence_nrmse:.4f})", flush=True)
+        print(f"{name}: test NRMSE {points} (persistence {task.persistence_nrmse:.4f}){' DIVERGED' * r.diverged}",
+              flush=True)
     return 0
 
 

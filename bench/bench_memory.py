@@ -8,9 +8,11 @@ the step): activations and temporaries of the step; for Adam also its gradients.
 (the allocator), so each case runs ``--repeats`` times (Adam ``--bptt-repeats``), each after a small warm-up step
 (thread pools, lazy state) with a fresh model: the median counts, the worst is reported beside it.
 Dopamine runs at K = 16 and K = 256, without and with ``Population(max_memory=...)`` (the budget is
-``--budget-fraction`` of Adam's measured peak). Writes ``memory_cpu.csv`` and ``memory_cpu.md``.
+``--budget-fraction`` of Adam's measured peak). Writes ``memory_cpu.csv`` and ``memory_cpu.md``. With ``--device
+cuda`` the meter is the CUDA caching allocator's peak (exact: the same on every run) and the files are
+``memory_cuda.*``.
 
-    python bench/bench_memory.py [--quick] [--ks 16,256] [--rank 0] [--out bench/results]
+    python bench/bench_memory.py [--quick] [--ks 16,256] [--rank 0] [--device cuda] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -44,23 +46,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bptt-repeats", type=int, default=3, help="Adam/BPTT steps measured (the median counts)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="Dopamine steps measured per case, each with a fresh model (the median counts)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default=str(common.ROOT / "bench" / "results"), help="folder for the results")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.device = torch.device(args.device)
+    return args
 
 
-def data(size: dict):
+def data(size: dict, device: torch.device):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(size["windows"], size["steps"], size["inputs"], generator=g)
-    return x, torch.randn(size["windows"], size["inputs"], generator=g)
+    return x.to(device), torch.randn(size["windows"], size["inputs"], generator=g).to(device)
 
 
-def model_of(size: dict) -> torch.nn.Module:
+def model_of(size: dict, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return ElmanForecaster(size["inputs"], size["hidden"])  # parameters require grad, as every module's do
+    # parameters require grad, as every module's do
+    return ElmanForecaster(size["inputs"], size["hidden"]).to(device)
 
 
 def bptt_step(size: dict, x: torch.Tensor, y: torch.Tensor):
-    model = model_of(size)
+    model = model_of(size, x.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step():
@@ -72,7 +78,7 @@ def bptt_step(size: dict, x: torch.Tensor, y: torch.Tensor):
 
 
 def dopamine_step(size: dict, x, y, k: int, rank: int, max_memory):
-    model = model_of(size)
+    model = model_of(size, x.device)
     opt = df.Dopamine(model.parameters(), num_perturbations=k, rank=rank)
     pop = df.Population(model, "mse", max_memory=max_memory)
 
@@ -88,21 +94,21 @@ def measure(make_step, x, y):
     make_step(x[:8], y[:8])()
     step = make_step(x, y)
     t0 = time.perf_counter()
-    peak = common.peak_memory_mb(step, torch.device("cpu"))
+    peak = common.peak_memory_mb(step, x.device)
     return peak, time.perf_counter() - t0
 
 
 def main():
     args = parse_args()
     size = SIZES["quick" if args.quick else "paper"]
-    x, y = data(size)
+    x, y = data(size, args.device)
     ks = [int(k) for k in args.ks.split(",")]
     threads = torch.get_num_threads()
     rows = []
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "memory_cpu_quick" if args.quick else "memory_cpu"
+    name = f"memory_{args.device.type}" + ("_quick" if args.quick else "")
 
     def record(method, k, max_memory, peaks, seconds, bptt_peak):
         peak = peaks[len(peaks) // 2]
@@ -114,7 +120,7 @@ def main():
                    **{key: size[key] for key in ("hidden", "windows", "steps")})
         rows.append(row)
         print(row, flush=True)
-        write(out, name, rows, size, threads, bptt)  # after every row: a long run leaves what it measured
+        write(out, name, rows, size, threads, args.device)  # after every row: a long run leaves what it measured
 
     def repeated(make_step, repeats):
         """Peaks (sorted) and the median's seconds of ``repeats`` steps: the resident set's peak varies from run to
@@ -134,19 +140,22 @@ def main():
     print(f"wrote {out / name}.csv and .md")
 
 
-def write(out: Path, name: str, rows, size, threads, bptt) -> None:
+def write(out: Path, name: str, rows, size, threads, device) -> None:
     with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / f"{name}.md").write_text(table(rows, size, threads))
+    (out / f"{name}.md").write_text(table(rows, size, threads, device))
 
 
-def table(rows, size, threads) -> str:
-    lines = [f"# Peak memory of one training step (CPU, {threads} threads)", "",
+def table(rows, size, threads, device) -> str:
+    where = (f"CUDA, {torch.cuda.get_device_name(device)}; the caching allocator's peak above what was live before "
+             f"the step" if device.type == "cuda" else f"CPU, {threads} threads; peak growth of the resident set "
+             f"during one step")
+    lines = [f"# Peak memory of one training step ({where})", "",
              f"RNN {size['inputs']} -> {size['hidden']} (tanh) + LastHidden + Linear -> {size['inputs']}, "
-             f"{size['windows']} windows x {size['steps']} steps in one batch, float32. Peak growth of the resident "
-             f"set during one step (`python bench/bench_memory.py`); target: Dopamine <= {TARGET} x Adam/BPTT. "
+             f"{size['windows']} windows x {size['steps']} steps in one batch, float32 "
+             f"(`python bench/bench_memory.py{' --device cuda' * (device.type == 'cuda')}`); target: Dopamine <= {TARGET} x Adam/BPTT. "
              f"Each case: the median of its steps (every step's peak listed), each with a fresh model.", "",
              "| method | K | rank | max_memory (MiB) | peak (MiB) | peaks (MiB) | / BPTT | worst / BPTT | meets target "
              "| step (s) |",

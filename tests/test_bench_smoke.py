@@ -101,3 +101,14 @@ def test_large_bench_quick_writes_csv(tmp_path):
     assert [(r["method"], r["memory"], r["rank"]) for r in rows] == [("inference", "", ""), ("mezo", "", ""),
                                                                       ("dopamine lean", "lean", "4")]
     assert all(r["status"] == "ok" and float(r["time_s"]) > 0 and r["peak_over_inference"] for r in rows)
+
+
+def test_memory_bench_quick_writes_its_table(tmp_path):
+    """bench_memory at the toy size: Adam/BPTT and Dopamine with and without a budget, one table per device."""
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_memory.py"), "--quick", "--ks", "4", "--repeats", "1",
+           "--bptt-repeats", "1", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    rows = list(csv.DictReader(open(tmp_path / "memory_cpu_quick.csv")))
+    assert [r["method"] for r in rows] == ["adam_bptt", "dopamine", "dopamine"]
+    assert rows[1]["max_memory_mb"] and not rows[2]["max_memory_mb"]  # the budgeted run first
+    assert "CPU" in (tmp_path / "memory_cpu_quick.md").read_text()

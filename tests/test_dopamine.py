@@ -10,7 +10,7 @@ import torch
 
 import dopamine_fast as df
 from dopamine_fast.ops import noise_reference
-from dopamine_fast.optim import dopamine_rules
+from dopamine_fast.optim import dopamine, dopamine_rules
 
 XOR_X = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
 XOR_Y = torch.tensor([[-1.0], [1.0], [1.0], [-1.0]])
@@ -37,6 +37,18 @@ def test_first_step_is_the_written_rule(relative):
     scale = float(w0.pow(2).mean().sqrt()) if relative else 1.0  # a relative step is sized by the tensor's RMS
     torch.testing.assert_close(w.detach(), w0 - 0.1 * scale * u)  # a_0 = 1: the first step uses lr as given
     assert opt.current_lr == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("numel", [dopamine.WIDTH_REFERENCE, 16 * dopamine.WIDTH_REFERENCE])
+def test_a_model_above_the_reference_size_steps_less_per_coordinate(numel):
+    """The first step per coordinate is lr x RMS x (WIDTH_REFERENCE / P) ** 0.25 above the reference size: the
+    same RPEs move 16x as many parameters half as far each."""
+    w = torch.nn.Parameter(torch.full((numel,), 0.5, dtype=torch.float64))
+    opt = df.Dopamine([w], lr=0.1, num_perturbations=2, antithetic=False, adaptive=False)
+    moved = step_size(opt, w, [1.0, 1.5, 0.5]) / math.sqrt(numel)
+    expected = 0.1 * 0.5 * dopamine.width_factor(numel)  # z = (0.5, -0.5) / 0.5: u has per-coordinate RMS 1
+    assert dopamine.width_factor(numel) == (1.0 if numel == dopamine.WIDTH_REFERENCE else 0.5)
+    assert moved == pytest.approx(expected, rel=0.05)
 
 
 def test_relative_step_moves_zero_initialised_tensors():

@@ -9,12 +9,17 @@
 #      vs Adam/BPTT: time and peak CUDA memory), each op's benchmark (bench/suite.py: noise vs torch.randn,
 #      perturbed_linear, perturbed_rnn with the nn.RNN floor, rpe_update), the 124M-parameter lean step
 #      (bench_large.py), op dispatch overhead, then the cuda-vs-triton choice per op,
-#   4. packs everything into at most 5 files under $OUT (only up to 8 come back from the device machine):
+#   4. packs everything into at most 6 files under $OUT (only up to 8 come back from the device machine):
 #        log.txt  the whole run, in order, with timestamps      build.txt  compiler output (ptxas report)
 #        pytest.txt  the tests      bench.txt  the benchmarks' output      results.tgz  CSV, JSON, plots
+#        long.txt  the long runs' curves (RUN_LONG_S below)
 # The script stops cleanly at its own budget (RUN_BUDGET_S, default 450 s): a step that would not fit is skipped
 # and logged, a step that overruns is killed by its timeout, and the packing always runs. A rerun that needs only
-# the numbers can skip the tests (RUN_TESTS=0) or the build (RUN_BUILD=0, when the module is already there).
+# the numbers can skip the tests (RUN_TESTS=0) or the build (RUN_BUILD=0, when the module is already there), and
+# RUN_BENCHES names the benchmark steps to run (default: all, in the order below; e.g. "bench_step bench_large").
+# RUN_LONG_S=S also trains the paper-size Lorenz RNN (bench_long_runs.py --paper: Dopamine's defaults and WP at
+# lr 0.02, the better of 0.02 and 0.04 at 1000 steps on the H200; 2000 steps) for at most S seconds, in the background while the tests and the memory check run: they
+# time nothing. The timed benchmarks start only once it has ended.
 #
 #   bash bench/gpu/run.sh                       # on the GPU machine; results under $OUT (or bench/results/gpu)
 #   RUN_DEVICE=cpu RUN_QUICK=1 RUN_BUDGET_S=300 bash bench/gpu/run.sh   # dry run here: CPU, tiny sizes; its
@@ -27,6 +32,7 @@ OUT="${OUT:-$ROOT/bench/results/gpu}"
 DEVICE="${RUN_DEVICE:-cuda}"
 BUDGET="${RUN_BUDGET_S:-450}"
 QUICK="${RUN_QUICK:+--quick}"
+QUICK_LONG="${RUN_QUICK:+--steps 2}"
 PYTHON="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && [ "$DEVICE" = cpu ] && echo "$ROOT/.venv/bin/python" || echo python3)}"
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
@@ -36,6 +42,8 @@ RESULTS="$WORK/results"
 mkdir -p "$RESULTS"
 START=$(date +%s)
 
+# wanted NAME: whether RUN_BENCHES (a space-separated list; unset: every step) names the benchmark step NAME.
+wanted() { [ -z "${RUN_BENCHES:-}" ] || [[ " $RUN_BENCHES " == *" $1 "* ]]; }
 log() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 remaining() { echo $((BUDGET - ($(date +%s) - START))); }
 # step NAME WANT_S OUTFILE CMD...: runs CMD unbuffered with a timeout of WANT_S, or of what is left of the budget
@@ -61,6 +69,7 @@ step() {
 bench() {
   local name="$1" want="$2" left limit
   shift 2
+  wanted "$name" || return 0
   left=$(( $(remaining) - 45 ))
   limit=$(( want < left ? want : left ))
   if [ "$limit" -lt 10 ]; then
@@ -101,6 +110,18 @@ fi
 # What was built (the build record: CUDA targets and toolkit) and which backend each op runs on, with the reasons.
 step backends 30 "$OUT/build.txt" "$PYTHON" -c "import dopamine_fast as df, json; print('built:', df.backends.native.build_summary()); print(json.dumps(df.backend_info(explain=True), indent=1))"
 
+LONG_PIDS=()
+if [ "${RUN_LONG_S:-0}" -gt 0 ]; then
+  # Two runs side by side on the one GPU (each a process; none is timed against another), each line as it comes.
+  log "== long runs: Lorenz at the paper's size for at most ${RUN_LONG_S}s, in the background (long.txt)"
+  for run in "--optimizer dopamine" "--optimizer wp --option lr=0.02 --option max_grad_norm=20.0"; do
+    # shellcheck disable=SC2086  # $run holds several arguments
+    timeout --kill-after=5 "$RUN_LONG_S" "$PYTHON" -u bench/bench_long_runs.py lorenz --paper --device "$DEVICE" \
+      --seeds 1 --log-every 250 $QUICK_LONG $run >>"$OUT/long.txt" 2>&1 &
+    LONG_PIDS+=($!)
+  done
+fi
+
 if [ "${RUN_TESTS:-1}" = 0 ]; then
   log "== tests: skipped (RUN_TESTS=0)"
 elif [ "$DEVICE" = cuda ]; then
@@ -113,10 +134,21 @@ else
   step pytest-dry 60 "$OUT/pytest.txt" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_backends.py
 fi
 
+# Peak memory of a paper-size RNN step against Adam/BPTT, with and without Population's max_memory (issue 21's
+# 0.25x target): the CUDA allocator's peak is exact, so it runs beside the long runs.
+wanted memory && step memory 90 "$OUT/bench.txt" "$PYTHON" -u bench/bench_memory.py --device "$DEVICE" \
+  --out "$RESULTS" --repeats 1 --bptt-repeats 1 $QUICK
+if [ "${#LONG_PIDS[@]}" -gt 0 ]; then
+  log "== waiting for the long runs"
+  wait "${LONG_PIDS[@]}"
+  log "== long runs ended"
+fi
+
 # Most telling first, so that a spent budget cuts the least.
-step precision 30 "$OUT/bench.txt" "$PYTHON" -u bench/gpu/precision_check.py --device "$DEVICE" --out "$RESULTS" $QUICK
+wanted precision && step precision 30 "$OUT/bench.txt" "$PYTHON" -u bench/gpu/precision_check.py --device "$DEVICE" --out "$RESULTS" $QUICK
 bench bench_population 90
-bench bench_step 90
+# The GPU kernels only: the reference's paper-size step takes the budget the MLP cases need.
+bench bench_step 150 $( [ "$DEVICE" = cuda ] && echo "--backends cuda,triton")
 # One benchmark per op of ops.SPECS that has one (bench/suite.py), 35 s each.
 OP_BENCHES="$("$PYTHON" bench/suite.py)" || log "== bench/suite.py failed: the op benchmarks are not run"
 for name in $OP_BENCHES; do
@@ -124,10 +156,10 @@ for name in $OP_BENCHES; do
 done
 # The 124M-parameter model's lean Dopamine step: memory against inference, the step against its forward passes
 # (bench_large.py writes its CSV at the end: a case cut by the timeout loses the run's rows).
-step bench_large 90 "$OUT/bench.txt" "$PYTHON" -u bench/bench_large.py --device "$DEVICE" --sizes 124M \
+wanted bench_large && step bench_large 90 "$OUT/bench.txt" "$PYTHON" -u bench/bench_large.py --device "$DEVICE" --sizes 124M \
   --dtypes bfloat16 --steps 2 --methods "inference,adam,mezo,dopamine lean r0,dopamine lean r4" --out "$RESULTS" $QUICK
 bench bench_dispatch 20
-step choose-backends 20 "$OUT/bench.txt" "$PYTHON" bench/gpu/choose_backends.py --out "$RESULTS" \
+wanted choose-backends && step choose-backends 20 "$OUT/bench.txt" "$PYTHON" bench/gpu/choose_backends.py --out "$RESULTS" \
   --backends "$( [ "$DEVICE" = cuda ] && echo cuda,triton || echo cpp,reference )"
 step summarize 20 "$OUT/bench.txt" "$PYTHON" bench/summarize.py --out "$RESULTS" \
   --command "bash bench/gpu/run.sh (RUN_DEVICE=$DEVICE)"

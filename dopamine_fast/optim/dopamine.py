@@ -20,6 +20,11 @@ MIN_PARAM_SCALE = 1e-3
 # and minibatch noise do not trigger it (docs/algorithm.md).
 DEFAULT_ANNEAL_PATIENCE = 200
 NORM_CHUNK = 1 << 18  # elements whose norm is taken at once in float64 (2 MiB)
+# Models with more perturbed parameters than this take a smaller step per coordinate, (WIDTH_REFERENCE / P) ** 0.25:
+# the estimate's share along the gradient falls as sqrt(K / P), so at a fixed step the random part grows with P
+# and walks wide recurrent weights into chaos. The quarter power is the measured one (docs/algorithm.md: the
+# largest stable rate on the Lorenz RNN at 64-512 hidden units); every XOR, moons and 64-unit model is below it.
+WIDTH_REFERENCE = 8192
 
 
 class Dopamine(PerturbationOptimizer):
@@ -45,14 +50,18 @@ class Dopamine(PerturbationOptimizer):
                       + (1 - beta_loss) (l_t - l_{t-1})                                       (l_0 = L_0, b_0 = 0)
             u = sqrt(n) mean_j z_j eps_j                        (n noise ids; coordinates of order 1 at most)
             u <- u * min(1, max_grad_norm / ||u||)              (only with max_grad_norm, per group)
-            w_p <- w_p - eta a_t r_p u_p                        (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
-                                                                 once, at its first step; r_p = 1 if not relative)
+            w_p <- w_p - eta a_t f r_p u_p                      (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
+                                                                 once, at its first step; r_p = 1 if not relative;
+                                                                 f = min(1, (8192 / P)^(1/4)), P parameters in all)
             m_t = 0.99 m_{t-1} + 0.01 L_t  (bias-corrected)     (annealing: a slow average of the loss)
             if m_t has set no new low for anneal_patience steps (and s_t > 2^-13 |L_t|):
                 sigma <- max(sigma / 2, sigma_0 / 1024)         (the next steps' perturbations; count restarts)
 
     In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the rate
-    ``eta_t = eta a_t r_p sigma sqrt(n) / max(s_ref, s_t)``. While the member RPEs are at their early level or
+    ``eta_t = eta a_t f r_p sigma sqrt(n) / max(s_ref, s_t)``. The width factor ``f`` shrinks the step of models
+    above 8192 parameters: the estimate's share along the gradient falls as ``sqrt(K / P)``, so at a fixed step
+    size the random part of the step grows with the model and, on a 512-unit RNN, walked the recurrent weights into
+    chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN. While the member RPEs are at their early level or
     above, the step is normalised (bounded, about ``eta a_t r_p`` per coordinate); as the fit improves and the RPEs
     fall below that level, the rate is fixed and the step shrinks in proportion to the estimate, as WP's does, so
     the rule converges instead of jittering at a constant step size. Nothing reads the weights' current size:
@@ -65,8 +74,9 @@ class Dopamine(PerturbationOptimizer):
     signals are divided by their own scale, so multiplying the loss by c > 0 leaves the
     trajectory unchanged, and a rising loss can only lower ``a_t``: there is no positive feedback, through the
     loss or through the weights. ``a_0 = 1`` and ``z`` has RMS 1 at the first step, so the first step moves each
-    tensor by ``lr`` times its RMS per coordinate; ``group["lr"]`` stays the user's base rate, which ``a_t``
-    multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes ``a_t = 1`` (the ablation).
+    tensor by ``lr f`` times its RMS per coordinate (``lr`` up to 8192 parameters); ``group["lr"]`` stays the user's
+    base rate, which ``a_t`` multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes
+    ``a_t = 1`` (the ablation).
     ``Dopamine.preset("dopamine2", params)`` is the third-party "Dopamine-2" form (``Dopamine2``).
 
     One set of defaults serves every task measured (docs/algorithm.md): XOR MLPs 2-2-1 to 2-16-1 in 0/1 and
@@ -76,7 +86,8 @@ class Dopamine(PerturbationOptimizer):
 
     Args:
         params: parameters or parameter groups (groups may set ``lr``, ``sigma``, ``rank``, ``max_grad_norm``).
-        lr: base learning rate eta (>= 0): the first step per coordinate, relative to the tensor's initial RMS.
+        lr: base learning rate eta (>= 0): the first step per coordinate, relative to the tensor's initial RMS
+            (times the width factor ``f`` above 8192 parameters).
         sigma: perturbation scale (> 0).
         num_perturbations: K (>= 1; even when antithetic).
         antithetic: evaluate pairs ``+eps, -eps``.
@@ -184,7 +195,7 @@ class Dopamine(PerturbationOptimizer):
             gain = dopamine_rules.tonic_gain(signals, float(losses[0]), options["beta_loss"], options["gain_rate"],
                                              options["gain_min"], options["gain_max"])
         dopamine_rules.anneal_noise(signals, float(losses[0]), options["anneal_patience"], options["beta_rpe"])
-        coeffs = z / math.sqrt(z.numel())
+        coeffs = z * (width_factor(sum(pn.param.numel() for pn in plan.params)) / math.sqrt(z.numel()))
         for group, pns in self._group_params(plan):
             scales = self._step_scales(pns) if group["relative"] and pns else None
             apply_noise_combination(plan, pns, coeffs, -group["lr"] * gain, group["max_grad_norm"], scales)
@@ -196,6 +207,12 @@ class Dopamine(PerturbationOptimizer):
             for p, scale in zip(new, param_scales(new)):
                 self.state[p]["step_scale"] = scale
         return tuple(self.state[pn.param]["step_scale"] for pn in pns)
+
+
+def width_factor(num_params: int) -> float:
+    """The step's factor for a model of ``num_params`` perturbed parameters: 1 up to ``WIDTH_REFERENCE``, then
+    ``(WIDTH_REFERENCE / num_params) ** 0.25``."""
+    return min(1.0, (WIDTH_REFERENCE / max(num_params, 1)) ** 0.25)
 
 
 def param_scales(params) -> tuple:
