@@ -7,8 +7,8 @@ XOR: ``Linear(2, H) - Tanh - Linear(H, 1)``, MSE, 0/1 or +-1 coding, 3000 steps 
 drop-in rule batched: same noise and update), solved when all four outputs lie on the right side of the middle.
 Lorenz: the built-in task, a 64-unit RNN (``--hidden``), K = 16 antithetic, sigma 1e-3, minibatches of 128, 2000
 steps; test NRMSE every 500 steps (``--log-every``), printed as it comes. ``--paper``: the paper's sizes instead, a
-512-unit RNN on the full training set (3468 windows) each step, on ``--device`` (a GPU run). One CPU thread; the numbers in
-docs/algorithm.md came from these loops.
+512-unit RNN on the full training set (3468 windows) each step, on ``--device`` (a GPU run). One CPU thread; the
+numbers in docs/algorithm.md came from these loops.
 
     python bench/bench_long_runs.py lorenz --paper --device cuda --seeds 1 --log-every 250
     python bench/bench_long_runs.py lorenz --hidden 64,128,256,512 --seeds 1 --steps 500 --log-every 100

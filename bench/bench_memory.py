@@ -155,7 +155,8 @@ def table(rows, size, threads, device) -> str:
     lines = [f"# Peak memory of one training step ({where})", "",
              f"RNN {size['inputs']} -> {size['hidden']} (tanh) + LastHidden + Linear -> {size['inputs']}, "
              f"{size['windows']} windows x {size['steps']} steps in one batch, float32 "
-             f"(`python bench/bench_memory.py{' --device cuda' * (device.type == 'cuda')}`); target: Dopamine <= {TARGET} x Adam/BPTT. "
+             f"(`python bench/bench_memory.py{' --device cuda' * (device.type == 'cuda')}`); "
+             f"target: Dopamine <= {TARGET} x Adam/BPTT. "
              f"Each case: the median of its steps (every step's peak listed), each with a fresh model.", "",
              "| method | K | rank | max_memory (MiB) | peak (MiB) | peaks (MiB) | / BPTT | worst / BPTT | meets target "
              "| step (s) |",

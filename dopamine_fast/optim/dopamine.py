@@ -61,11 +61,12 @@ class Dopamine(PerturbationOptimizer):
     ``eta_t = eta a_t f r_p sigma sqrt(n) / max(s_ref, s_t)``. The width factor ``f`` shrinks the step of models
     above 8192 parameters: the estimate's share along the gradient falls as ``sqrt(K / P)``, so at a fixed step
     size the random part of the step grows with the model and, on a 512-unit RNN, walked the recurrent weights into
-    chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN. While the member RPEs are at their early level or
-    above, the step is normalised (bounded, about ``eta a_t r_p`` per coordinate); as the fit improves and the RPEs
-    fall below that level, the rate is fixed and the step shrinks in proportion to the estimate, as WP's does, so
-    the rule converges instead of jittering at a constant step size. Nothing reads the weights' current size:
-    ``r_p`` is measured once, so growing weights cannot grow the step. The gain ``a_t`` rises while the loss beats
+    chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN.
+    While the member RPEs are at their early level or above, the step is normalised (bounded, about
+    ``eta a_t f r_p`` per coordinate); as the fit improves and the RPEs fall below that level, the rate is fixed
+    and the step shrinks in proportion to the estimate, as WP's does, so the rule converges instead of jittering
+    at a constant step size. Nothing reads the weights' current size: ``r_p`` is measured once, so growing weights
+    cannot grow the step. The gain ``a_t`` rises while the loss beats
     its own prediction and falls while it misses it (slowing progress lowers it, which anneals the step on noisy
     minibatches). Once the loss stops reaching new lows (its slow average, for ``anneal_patience`` steps) the run
     only moves about a floor set by the step and by the smoothing of the finite differences (whose minimum lies
