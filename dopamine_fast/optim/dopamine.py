@@ -60,7 +60,7 @@ class Dopamine(PerturbationOptimizer):
     In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the rate
     ``eta_t = eta a_t f r_p sigma sqrt(n) / max(s_ref, s_t)``. The width factor ``f`` shrinks the step of models
     above 8192 parameters: the estimate's share along the gradient falls as ``sqrt(K / P)``, so at a fixed step
-    size the random part of the step grows with the model and, on a 512-unit RNN, walked the recurrent weights into
+    size the random part of the step grows with the model and, on a 256-unit RNN, walked the recurrent weights into
     chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN.
     While the member RPEs are at their early level or above, the step is normalised (bounded, about
     ``eta a_t f r_p`` per coordinate); as the fit improves and the RPEs fall below that level, the rate is fixed
