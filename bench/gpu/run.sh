@@ -18,8 +18,8 @@
 # the numbers can skip the tests (RUN_TESTS=0) or the build (RUN_BUILD=0, when the module is already there), and
 # RUN_BENCHES names the benchmark steps to run (default: all, in the order below; e.g. "bench_step bench_large").
 # RUN_LONG_S=S also trains the paper-size Lorenz RNN (bench_long_runs.py --paper: Dopamine's defaults and WP at
-# lr 0.02, the better of 0.02 and 0.04 at 1000 steps on the H200; 2000 steps) for at most S seconds, in the background while the tests and the memory check run: they
-# time nothing. The timed benchmarks start only once it has ended.
+# lr 0.02, the better of 0.02 and 0.04 at 1000 steps on the H200; 2000 steps) for at most S seconds, in the
+# background while the tests and the memory check run (they time nothing). The timed benchmarks start once it ends.
 #
 #   bash bench/gpu/run.sh                       # on the GPU machine; results under $OUT (or bench/results/gpu)
 #   RUN_DEVICE=cpu RUN_QUICK=1 RUN_BUDGET_S=300 bash bench/gpu/run.sh   # dry run here: CPU, tiny sizes; its
