@@ -4,10 +4,16 @@ Per batch (32, then 1) and per round, one after the other, so that load on a sha
 floor (one plain forward of the unperturbed network on all (K+1)*B rows), a whole Dopamine step through the public
 API (``opt.step(population=df.Population(model), inputs=x, targets=y)``) at rank 1, rank 4 and full rank, the
 evaluation alone (``df.Population(model)(opt.plan(), x, y)``) at rank 1 and full rank, EvoTorch's evaluation of a
-ready population of K+1 members (where EvoTorch is installed) and, at batch 32, a square 2048x2048 matmul (the
-yardstick of the matmul rate). Each row holds the median over rounds of the time and of the per-round ratios; then
-the peak memory of the rank-1 evaluation and of the floor. Writes ``targets.csv``: a row per way, and a row per
-target (``method=target``: what, value, bound, verdict).
+ready population of K+1 members (where EvoTorch is installed) and a square 2048x2048 matmul (the yardstick of the
+matmul rate). Each row holds the median over rounds of the time and of the per-round ratios; then the peak memory of
+the rank-1 evaluation and of the floor. Writes ``targets.csv``: a row per way, and a row per target
+(``method=target``: what, value, bound, verdict, and ``ceiling`` where the machine bounds the value).
+
+Two ceilings are measured in the same rounds: ``matmul_fraction`` of the floor (torch's own GEMM on the same rows,
+against the square matmul's rate), and ``speedup_ceiling`` of the rank-1 evaluation, EvoTorch's time over the time
+of the matrix products no evaluation can skip (``Workload.member_flops``: every layer after the first on all
+(K+1)*B rows) at the square matmul's rate: the speedup over EvoTorch of an evaluation whose only cost were those
+products, run as fast as this machine runs a square matmul.
 
     python bench/bench_targets.py [--threads 2] [--out DIR] [--quick]
 """
@@ -39,8 +45,10 @@ TARGETS = [
      False),
     ("peak memory of the rank-1 evaluation / floor's", 1, "population_eval", 1, "peak_vs_floor", 2.0, True),
 ]
-COLUMNS = ["model", "batch", "K", "method", "rank", "path", "target", "value", "bound", "verdict"]
-DERIVED = ["ratio_to_floor", "speedup_vs_evotorch", "matmul_fraction", "peak_vs_floor"]
+# Targets the machine itself bounds: (batch, method, rank, column) -> the column of the same row that bounds it.
+CEILINGS = {(1, "population_eval", 1, "speedup_vs_evotorch"): "speedup_ceiling"}
+COLUMNS = ["model", "batch", "K", "method", "rank", "path", "target", "value", "bound", "verdict", "ceiling"]
+DERIVED = ["ratio_to_floor", "speedup_vs_evotorch", "matmul_fraction", "peak_vs_floor", "speedup_ceiling"]
 
 
 def ways_for(w, k, batch, pops):
@@ -55,9 +63,8 @@ def ways_for(w, k, batch, pops):
         ways[("population_eval", rank)] = lambda plan=plan: pops["eval"](plan, w.x, w.y)
     if evotorch_status() is None:
         ways[("evotorch_eval", "full")] = EvoTorchPeer(w, k, SIGMA).evaluate
-    if batch >= 32:
-        a, b = torch.randn(SQUARE, SQUARE), torch.randn(SQUARE, SQUARE)
-        ways[("square_matmul", "")] = lambda: torch.mm(a, b)
+    a, b = torch.randn(SQUARE, SQUARE, device=w.x.device), torch.randn(SQUARE, SQUARE, device=w.x.device)
+    ways[("square_matmul", "")] = lambda: torch.mm(a, b)
     return ways
 
 
@@ -83,11 +90,15 @@ def run_batch(rec, model, k, batch, rounds, device):
     peaks = {key: common.peak_memory_mb(ways[key], device) for key in (("floor", ""), ("population_eval", 1))}
 
     def per_round(key, other, ratio):  # median over rounds of a per-round ratio against another way
-        if other not in times:
+        if key not in times or other not in times:
             return float("nan")
         return statistics.median(ratio(t, o) for t, o in zip(times[key], times[other]))
 
     flops = w.matmul_flops((k + 1) * batch)
+    square_flops = 2 * SQUARE**3
+
+    def matmul_fraction(key, work):  # the rate of ``work`` FLOPs in ``key``'s time over the square matmul's rate
+        return per_round(key, ("square_matmul", ""), lambda t, m: (work / t) / (square_flops / m))
     for (method, rank), ts in times.items():
         if method == "square_matmul":
             continue
@@ -97,11 +108,15 @@ def run_batch(rec, model, k, batch, rounds, device):
                          path=pops["eval" if method == "population_eval" else "step"].last_path
                          if method in ("population_eval", "dopamine_step") else "", **base)
         row["ratio_to_floor"] = per_round(key, ("floor", ""), lambda t, f: t / f)
+        if method == "floor":
+            row["matmul_fraction"] = matmul_fraction(key, flops)
         if method == "population_eval":
             row["speedup_vs_evotorch"] = per_round(key, ("evotorch_eval", "full"), lambda t, e: e / t)
-            # The square matmul's rate in the same round: 2 n^3 / its time.
-            row["matmul_fraction"] = per_round(key, ("square_matmul", ""),
-                                               lambda t, m: (flops / t) / (2 * SQUARE**3 / m))
+            row["matmul_fraction"] = matmul_fraction(key, flops)
+            if rank == 1:
+                unavoidable = w.member_flops(k + 1)
+                row["speedup_ceiling"] = per_round(("evotorch_eval", "full"), ("square_matmul", ""),
+                                                   lambda e, m: e / (unavoidable / (square_flops / m)))
             floor_peak = peaks[("floor", "")]
             row["peak_vs_floor"] = peaks[key] / floor_peak if key in peaks and floor_peak > 0 else float("nan")
         print(f"  B={batch} {method} rank={rank}: {row['time_s'] * 1e3:.2f} ms, {row['ratio_to_floor']:.2f}x the floor"
@@ -116,10 +131,13 @@ def judge(rec):
         value = rows[0].get(column, float("nan")) if rows else float("nan")
         verdict = ("not measured" if value != value
                    else "met" if (value <= bound if lower else value >= bound) else "missed")
+        ceiling_column = CEILINGS.get((batch, method, rank, column))
+        ceiling = rows[0].get(ceiling_column, float("nan")) if rows and ceiling_column else float("nan")
         rec.record({}, method="target", model=rows[0]["model"] if rows else "", batch=batch,
                    K=rows[0]["K"] if rows else "", rank=rank, target=f"B={batch}: {what}", value=value,
-                   bound=f"{'<=' if lower else '>='} {bound:g}", verdict=verdict)
-        print(f"  B={batch}: {what}: {value:.3g} (target {'<=' if lower else '>='} {bound:g}): {verdict}", flush=True)
+                   bound=f"{'<=' if lower else '>='} {bound:g}", verdict=verdict, ceiling=ceiling)
+        print(f"  B={batch}: {what}: {value:.3g} (target {'<=' if lower else '>='} {bound:g}): {verdict}"
+              + (f"; this machine's ceiling {ceiling:.3g}" if ceiling == ceiling else ""), flush=True)
 
 
 def main():

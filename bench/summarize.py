@@ -183,9 +183,12 @@ def targets_section(out: Path) -> List[str]:
 
     for r in ok(read(out, "targets")):  # bench_targets.py: every target measured side by side in one run
         if r["method"] == "target":
+            ceiling = num(r.get("ceiling"))  # where the machine bounds the value (nan or absent: it does not)
             body.append([f"{r['target']} (bench_targets.py, side by side)",
                          "–" if not r["value"] else f"{float(r['value']):.3g}",
-                         r["bound"].replace("<=", "≤").replace(">=", "≥"), r["verdict"]])
+                         r["bound"].replace("<=", "≤").replace(">=", "≥"),
+                         r["verdict"] + (f" (this machine's ceiling {ceiling:.3g})" if ceiling is not None
+                                         and ceiling == ceiling else "")])
     c = dict(model="mlp256", K=1024)
     for batch in (1, 32):
         s1, s0 = (fastest(steps, method="dopamine_step", rank=r, batch=batch, **c) for r in (1, 0))

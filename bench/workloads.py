@@ -92,6 +92,15 @@ class Workload:
             return 2.0 * rows * (self.x.shape[1] * recurrent + weights[-1].numel())
         return 2.0 * rows * sum(p.numel() for p in weights)
 
+    def member_flops(self, members: int) -> float:
+        """The matrix-product FLOPs no evaluation of ``members`` distinct MLP members can skip: the first layer sees
+        the batch every member shares (B rows), every later layer a different input per member (members * B rows)."""
+        if self.is_rnn:
+            raise ValueError("member_flops is defined for the MLPs, whose first layer alone has a shared input")
+        first = next(p for name, p in self.model.named_parameters() if "weight" in name)
+        batch = self.x.shape[0]
+        return self.matmul_flops(members * batch) - 2.0 * (members - 1) * batch * first.numel()
+
 
 MODELS = ("mlp256", "mlp1024", "custom_mlp256", "rnn512")
 

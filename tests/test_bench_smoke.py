@@ -4,6 +4,7 @@ Checks the files and their columns only; benchmarks report times, tests never ju
 """
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -112,3 +113,30 @@ def test_memory_bench_quick_writes_its_table(tmp_path):
     assert [r["method"] for r in rows] == ["adam_bptt", "dopamine", "dopamine"]
     assert rows[1]["max_memory_mb"] and not rows[2]["max_memory_mb"]  # the budgeted run first
     assert "CPU" in (tmp_path / "memory_cpu_quick.md").read_text()
+
+
+def test_targets_bench_quick_judges_every_target_and_its_ceiling(tmp_path):
+    """bench_targets at the toy size: a verdict per target, and the machine's ceiling beside the one it bounds."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_targets.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "targets.csv")))
+    targets = {r["target"]: r for r in rows if r["method"] == "target"}
+    assert len(targets) == 7
+    floor = next(r for r in rows if r["method"] == "floor" and r["batch"] == "32")
+    assert float(floor["matmul_fraction"]) > 0  # torch's own GEMM rate on the floor's rows, beside the target's
+    speedup = targets["B=1: rank-1 evaluation, speedup vs EvoTorch's evaluation"]
+    if speedup["verdict"] != "not measured":  # EvoTorch installed: the ceiling is measured with it
+        assert float(speedup["ceiling"]) > 0
+
+
+def test_member_flops_count_the_first_layer_once_per_batch_row():
+    spec = importlib.util.spec_from_file_location("bench_workloads", ROOT / "bench" / "workloads.py")
+    workloads = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(workloads)  # by path: bench/ is not a package, and its names stay off sys.path
+
+    w = workloads.make_workload("mlp32", 3, "cpu")
+    members = 5
+    assert w.matmul_flops(members * 3) == 2.0 * members * 3 * 3 * 32 * 32
+    assert w.member_flops(members) == 2.0 * 3 * 32 * 32 * (3 * members - (members - 1))
