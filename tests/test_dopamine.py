@@ -58,19 +58,42 @@ def test_relative_step_moves_zero_initialised_tensors():
     assert 0 < float(w.detach().abs().max()) < 1e-2
 
 
+def rpe_pair(rpe):
+    return torch.tensor([rpe, -rpe], dtype=torch.float64)
+
+
 def test_rpes_are_scaled_by_a_reference_level_frozen_after_the_warm_up():
     state = dopamine_rules.initial_state()
-    z = [dopamine_rules.scaled_rpes(state, torch.tensor([c, -c], dtype=torch.float64), 0.0)
-         for c in (0.5, 0.05, 0.005, 50.0, 5.0)]
-    # At the reference level z has RMS 1; below it z shrinks with the RPEs (the step becomes proportional to the
-    # WP estimate); above it z is normalised again (bounded), and the reference rises to the new level.
-    assert [float(v[0]) for v in z] == pytest.approx([1.0, 0.1, 0.01, 1.0, 0.1])
-    assert state["rpe_ref"] == pytest.approx(50.0)
-    for _ in range(dopamine_rules.REFERENCE_STEPS):
-        dopamine_rules.scaled_rpes(state, torch.tensor([5.0, -5.0], dtype=torch.float64), 0.0)
-    spike = dopamine_rules.scaled_rpes(state, torch.tensor([500.0, -500.0], dtype=torch.float64), 0.0)
+    levels = [0.5, 0.05, 0.005, 50.0, 5.0]
+    z = [float(dopamine_rules.scaled_rpes(state, rpe_pair(c), 0.0)[0]) for c in levels]
+    # The reference is the RMS of every RPE so far (beta 0: s_t is this step's RMS). At it z has RMS 1; below it z
+    # shrinks with the RPEs (the step becomes proportional to the WP estimate); above it z is normalised (bounded).
+    references = [math.sqrt(sum(c * c for c in levels[:i + 1]) / (i + 1)) for i in range(len(levels))]
+    assert z == pytest.approx([c / max(r, c) for c, r in zip(levels, references)])
+    assert z[0] == 1.0 and z[3] == pytest.approx(1.0) and z[2] < z[1] < 1.0
+    assert state["rpe_ref"] == pytest.approx(references[-1])
+    rest = dopamine_rules.REFERENCE_STEPS - len(levels)
+    for _ in range(rest + 3):
+        dopamine_rules.scaled_rpes(state, rpe_pair(5.0), 0.0)
+    frozen = math.sqrt((sum(c * c for c in levels) + rest * 25.0) / dopamine_rules.REFERENCE_STEPS)
+    spike = dopamine_rules.scaled_rpes(state, rpe_pair(500.0), 0.0)
     # After the warm-up the reference is frozen: a spike is bounded (normalised) but does not slow later steps.
-    assert float(spike[0]) == pytest.approx(1.0) and state["rpe_ref"] == pytest.approx(50.0)
+    assert float(spike[0]) == pytest.approx(1.0) and state["rpe_ref"] == pytest.approx(frozen)
+
+
+def test_the_gain_raises_the_rate_below_the_reference_but_never_the_bounded_step():
+    state = dopamine_rules.initial_state()
+    for _ in range(dopamine_rules.REFERENCE_STEPS):
+        dopamine_rules.scaled_rpes(state, rpe_pair(1.0), 0.0)
+
+    def z(rpe, gain):
+        return float(dopamine_rules.scaled_rpes(copy.deepcopy(state), rpe_pair(rpe), 0.0, gain)[0])
+    # Below the reference level (1) the gain multiplies the rate, up or down.
+    assert [z(0.1, g) for g in (0.5, 1.0, 2.0)] == pytest.approx([0.05, 0.1, 0.2])
+    # Above it the step is normalised: a gain above 1 cannot enlarge it, a gain below 1 still shrinks it.
+    assert [z(10.0, g) for g in (0.5, 1.0, 2.0, 4.0)] == pytest.approx([0.5, 1.0, 1.0, 1.0])
+    # A gain above 1 starts the normalisation earlier: at a quarter of the reference with a gain of 4.
+    assert z(0.5, 4.0) == pytest.approx(1.0) and z(0.2, 4.0) == pytest.approx(0.8)
 
 
 def step_size(opt, w, losses):
@@ -82,8 +105,9 @@ def step_size(opt, w, losses):
 def test_the_step_anneals_as_the_rpes_shrink():
     w = torch.nn.Parameter(torch.ones(400, dtype=torch.float64))
     opt = df.Dopamine([w], num_perturbations=2, antithetic=False, adaptive=False, beta_rpe=0.0)
-    first = step_size(opt, w, [1.0, 1.5, 0.5])
-    late = step_size(opt, w, [1.0, 1.05, 0.95])  # RPEs 10x below the first: a 10x smaller step
+    for _ in range(dopamine_rules.REFERENCE_STEPS):  # the warm-up sets the reference level
+        first = step_size(opt, w, [1.0, 1.5, 0.5])
+    late = step_size(opt, w, [1.0, 1.05, 0.95])  # RPEs 10x below the reference: a 10x smaller step
     assert late / first == pytest.approx(0.1, rel=0.2)
 
 

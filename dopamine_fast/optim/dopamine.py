@@ -39,8 +39,7 @@ class Dopamine(PerturbationOptimizer):
         for t = 0, 1, ...:
             L_t = L(w);  delta_j = L(w + sigma eps_j) - L(w)   (antithetic: (L(w+sigma eps_j) - L(w-sigma eps_j)) / 2)
             v_t = beta_rpe v_{t-1} + (1 - beta_rpe) mean_j delta_j^2;   s_t = sqrt(v_t / (1 - beta_rpe^(t+1)))
-            s_ref = max(s_ref, s_t) while t < 10, then frozen  (the reference RPE level: the early, largest one)
-            z_j = delta_j / max(s_ref, s_t)                     (phasic RPEs against the reference level)
+            s_ref = RMS of every delta_j of steps 0..t while t < 10, then frozen   (the reference RPE level)
             if adaptive and t > 0:                              (temporal RPE of the unperturbed loss)
                 r_t = (l_{t-1} + b_{t-1}) - L_t                 (predicted by level l and trend b, Holt)
                 q_t = beta_loss q_{t-1} + (1 - beta_loss) r_t^2;  rho_t = max(sqrt(q_t / (1 - beta_loss^t)),
@@ -48,9 +47,11 @@ class Dopamine(PerturbationOptimizer):
                 log a_t = clamp(0.95 log a_{t-1} + gain_rate tanh(r_t / rho_t), log gain_min, log gain_max)
                 l_t = beta_loss (l_{t-1} + b_{t-1}) + (1 - beta_loss) L_t;  b_t = beta_loss b_{t-1}
                       + (1 - beta_loss) (l_t - l_{t-1})                                       (l_0 = L_0, b_0 = 0)
+            z_j = a_t delta_j / max(s_ref, max(a_t, 1) s_t)     (phasic RPEs against the reference level; the gain
+                                                                 raises the rate below it, never the bounded step)
             u = sqrt(n) mean_j z_j eps_j                        (n noise ids; coordinates of order 1 at most)
             u <- u * min(1, max_grad_norm / ||u||)              (only with max_grad_norm, per group)
-            w_p <- w_p - eta a_t f r_p u_p                      (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
+            w_p <- w_p - eta f r_p u_p                          (per tensor p; r_p = max(RMS(w_p), 1e-3) measured
                                                                  once, at its first step; r_p = 1 if not relative;
                                                                  f = min(1, (8192 / P)^(1/4)), P parameters in all)
             m_t = 0.99 m_{t-1} + 0.01 L_t  (bias-corrected)     (annealing: a slow average of the loss)
@@ -58,26 +59,27 @@ class Dopamine(PerturbationOptimizer):
                 sigma <- max(sigma / 2, sigma_0 / 1024)         (the next steps' perturbations; count restarts)
 
     In WP terms the step is ``eta_t g`` with ``g`` the WP estimate and the rate
-    ``eta_t = eta a_t f r_p sigma sqrt(n) / max(s_ref, s_t)``. The width factor ``f`` shrinks the step of models
-    above 8192 parameters: the estimate's share along the gradient falls as ``sqrt(K / P)``, so at a fixed step
-    size the random part of the step grows with the model and, on a 256-unit RNN, walked the recurrent weights into
-    chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN.
-    While the member RPEs are at their early level or above, the step is normalised (bounded, about
-    ``eta a_t f r_p`` per coordinate); as the fit improves and the RPEs fall below that level, the rate is fixed
-    and the step shrinks in proportion to the estimate, as WP's does, so the rule converges instead of jittering
-    at a constant step size. Nothing reads the weights' current size: ``r_p`` is measured once, so growing weights
-    cannot grow the step. The gain ``a_t`` rises while the loss beats
-    its own prediction and falls while it misses it (slowing progress lowers it, which anneals the step on noisy
+    ``eta_t = eta a_t f r_p sigma sqrt(n) / max(s_ref, max(a_t, 1) s_t)``. The width factor ``f`` shrinks the step
+    of models above 8192 parameters: the estimate's share along the gradient falls as ``sqrt(K / P)``, so at a fixed
+    step size the random part of the step grows with the model and, on a 256-unit RNN, walked the recurrent weights
+    into chaos within 20 steps; ``f`` is 1 for every XOR, moons and 64-unit model, 0.42 at the paper's 512-unit RNN.
+    While the member RPEs are at their early level or above, the step is normalised (bounded, about ``eta f r_p``
+    per coordinate whatever the gain: a gain above 1 in an excursion would only enlarge the steps that carry it, and
+    those steps carried the worst chaotic runs off course); as the fit improves and the RPEs fall below that level,
+    the rate is fixed (times the gain) and the step shrinks in proportion to the estimate, as WP's does, so the rule
+    converges instead of jittering at a constant step size. Nothing reads the weights' current size: ``r_p`` is
+    measured once, so growing weights cannot grow the step. The gain ``a_t`` rises while the loss beats its own
+    prediction and falls while it misses it (slowing progress lowers it, which anneals the step on noisy
     minibatches). Once the loss stops reaching new lows (its slow average, for ``anneal_patience`` steps) the run
     only moves about a floor set by the step and by the smoothing of the finite differences (whose minimum lies
-    O(sigma^2) off the loss's own); sigma then halves, which halves the RPEs against their reference level (so
-    the step) and quarters that offset, so the loss converges instead of jittering and rising again. Both
-    signals are divided by their own scale, so multiplying the loss by c > 0 leaves the
-    trajectory unchanged, and a rising loss can only lower ``a_t``: there is no positive feedback, through the
-    loss or through the weights. ``a_0 = 1`` and ``z`` has RMS 1 at the first step, so the first step moves each
-    tensor by ``lr f`` times its RMS per coordinate (``lr`` up to 8192 parameters); ``group["lr"]`` stays the user's
-    base rate, which ``a_t`` multiplies, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes
-    ``a_t = 1`` (the ablation).
+    O(sigma^2) off the loss's own); sigma then halves, which halves the RPEs against their reference level (so the
+    step) and quarters that offset, so the loss converges instead of jittering and rising again. Both signals are
+    divided by their own scale, so multiplying the loss by c > 0 leaves the trajectory unchanged, and a rising loss
+    can only lower ``a_t``: there is no positive feedback, through the loss or through the weights. ``a_0 = 1`` and
+    ``z`` has RMS 1 at the first step, so the first step moves each tensor by ``lr f`` times its RMS per coordinate
+    (``lr`` up to 8192 parameters); ``group["lr"]`` stays the user's base rate, which ``a_t`` multiplies below the
+    reference level, so ``torch.optim.lr_scheduler`` composes. ``adaptive=False`` freezes ``a_t = 1`` (the
+    ablation).
     ``Dopamine.preset("dopamine2", params)`` is the third-party "Dopamine-2" form (``Dopamine2``).
 
     One set of defaults serves every task measured (docs/algorithm.md): XOR MLPs 2-2-1 to 2-16-1 in 0/1 and
@@ -139,7 +141,8 @@ class Dopamine(PerturbationOptimizer):
 
     @property
     def current_lr(self) -> float:
-        """The first group's effective learning rate, ``lr * gain``."""
+        """The first group's learning rate while the member RPEs are below their reference level, ``lr * gain`` (the
+        bounded step above it stays ``lr``)."""
         return self.param_groups[0]["lr"] * self.gain
 
     @property
@@ -190,16 +193,16 @@ class Dopamine(PerturbationOptimizer):
         signals = self.state[GLOBAL_STATE]["dopamine"]
         options = signals["options"]
         delta = reward_prediction_errors(losses, plan.antithetic)
-        z = dopamine_rules.scaled_rpes(signals, delta, options["beta_rpe"])
         gain = 1.0
         if options["adaptive"]:
             gain = dopamine_rules.tonic_gain(signals, float(losses[0]), options["beta_loss"], options["gain_rate"],
                                              options["gain_min"], options["gain_max"])
+        z = dopamine_rules.scaled_rpes(signals, delta, options["beta_rpe"], gain)
         dopamine_rules.anneal_noise(signals, float(losses[0]), options["anneal_patience"], options["beta_rpe"])
         coeffs = z * (width_factor(sum(pn.param.numel() for pn in plan.params)) / math.sqrt(z.numel()))
         for group, pns in self._group_params(plan):
             scales = self._step_scales(pns) if group["relative"] and pns else None
-            apply_noise_combination(plan, pns, coeffs, -group["lr"] * gain, group["max_grad_norm"], scales)
+            apply_noise_combination(plan, pns, coeffs, -group["lr"], group["max_grad_norm"], scales)
 
     def _step_scales(self, pns) -> tuple:
         """Each tensor's step scale, measured once (its RMS the first time it is updated), never re-read."""

@@ -16,8 +16,8 @@ import torch
 # noise cannot random-walk it to a bound and a sustained surprise settles at rate / (1 - GAIN_MEMORY) at most.
 GAIN_MEMORY = 0.95
 SURPRISE_FLOOR = 1e-3
-# Steps over which the reference RPE level follows the largest tonic level seen; it is frozen after them, so a later
-# spike of the RPEs (a bad minibatch, a step too large) is bounded but does not slow the rest of the run.
+# Steps whose member RPEs set the reference level (their RMS); it is frozen after them, so a later spike of the RPEs
+# (a bad minibatch, a step too large) is bounded but does not slow the rest of the run.
 REFERENCE_STEPS = 10
 # The slow average of the unperturbed loss (about 100 steps) whose new lows count as progress for the annealing.
 ANNEAL_BETA = 0.99
@@ -66,22 +66,26 @@ def _debiased_rms(mean_sq: float, beta: float, count: int) -> float:
     return math.sqrt(mean_sq / (1 - beta ** count))
 
 
-def scaled_rpes(state: dict, delta: torch.Tensor, beta: float) -> torch.Tensor:
-    """``z_j = delta_j / max(s_ref, s_t)``: the member RPEs in units of a reference level that never shrinks.
+def scaled_rpes(state: dict, delta: torch.Tensor, beta: float, gain: float = 1.0) -> torch.Tensor:
+    """``z_j = a delta_j / max(s_ref, max(a, 1) s_t)``: the member RPEs in units of a reference level, times the gain.
 
     ``s_t = sqrt(v_t / (1 - beta^t))``, ``v_t = beta v_{t-1} + (1 - beta) mean_j delta_j^2`` is the tonic level
-    (bias-corrected running RMS of the member RPEs) and ``s_ref`` the largest it was over the first
-    ``REFERENCE_STEPS`` steps, frozen after them. While the RPEs are at that level or above, ``z`` has RMS about 1 (a
-    bounded step); as they shrink below it, ``z`` shrinks with them, so the step becomes proportional to the WP
-    estimate (it anneals as the fit improves). A flat loss (every RPE so far zero) gives ``z = 0``: no step.
+    (bias-corrected running RMS of the member RPEs) and ``s_ref`` the RMS of every member RPE of the first
+    ``REFERENCE_STEPS`` steps, frozen after them. While the RPEs are at that level or above, ``z`` has RMS about 1
+    (a bounded step); as they shrink below it, ``z`` shrinks with them, so the step becomes proportional to the WP
+    estimate at the rate ``a / s_ref`` (it anneals as the fit improves). The gain ``a`` scales that rate but never
+    the bounded step: ``a > 1`` lowers the level at which normalisation starts instead of enlarging the normalised
+    step. A flat loss (every RPE so far zero) gives ``z = 0``: no step.
     """
     state["rpe_count"] += 1
-    state["rpe_sq"] = beta * state["rpe_sq"] + (1 - beta) * float((delta * delta).mean())
+    mean_sq = float((delta * delta).mean())
+    state["rpe_sq"] = beta * state["rpe_sq"] + (1 - beta) * mean_sq
     rms = _debiased_rms(state["rpe_sq"], beta, state["rpe_count"])
-    if state["rpe_count"] <= REFERENCE_STEPS:
-        state["rpe_ref"] = max(state["rpe_ref"], rms)
-    level = max(state["rpe_ref"], rms)
-    return delta / level if level > 0 else torch.zeros_like(delta)
+    count = state["rpe_count"]
+    if count <= REFERENCE_STEPS:  # the running RMS over the warm-up: an average, not a maximum of noisy levels
+        state["rpe_ref"] = math.sqrt(((count - 1) * state["rpe_ref"] ** 2 + mean_sq) / count)
+    level = max(state["rpe_ref"], max(gain, 1.0) * rms)
+    return delta * (gain / level) if level > 0 else torch.zeros_like(delta)
 
 
 def tonic_gain(state: dict, loss: float, beta: float, rate: float, low: float, high: float) -> float:
