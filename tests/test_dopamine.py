@@ -258,7 +258,7 @@ def annealed_scales(losses, patience, rpe=1.0):
     """The noise scale after each of ``losses``, the member RPEs held at ``+-rpe``."""
     state, scales = dopamine_rules.initial_state(), []
     for loss in losses:
-        dopamine_rules.scaled_rpes(state, torch.tensor([rpe, -rpe], dtype=torch.float64), 0.9)
+        dopamine_rules.scaled_rpes(state, rpe_pair(rpe), 0.9)
         scales.append(dopamine_rules.anneal_noise(state, loss, patience, 0.9))
     return scales
 
