@@ -98,34 +98,41 @@ CASES = {  # name: (run(cls, seed, steps) -> training losses, its own step count
 }
 
 
-def run_case(case, cls, seeds, threads, steps=None):
-    """One case with one optimizer over ``seeds`` seeds: its rows and its summary row."""
+def run_seed(case, cls, seed, threads, steps=None):
+    """One seed of one case with one optimizer: its row."""
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
     run, own_steps = CASES[case]
-    rows, firsts, lasts, rises, trained, diverged = [], [], [], [], 0, 0
-    for seed in range(seeds):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            losses = run(cls, seed, steps or own_steps)
-        guard = any("best seen" in str(w.message) for w in caught)
-        first, last = float(losses[0]), float(losses[-1])
-        bad = guard or not math.isfinite(last) or last > first
-        diverged += bad
-        trained += (not bad) and last < 0.5 * first
-        firsts.append(first)
-        lasts.append(last)
-        rises.append(late_rise(losses))
-        rows.append({"case": case, "optimizer": cls.__name__, "seed": seed, "steps": len(losses), "first_loss": first,
-                     "last_loss": last, "late_rise": rises[-1], "guard_fired": guard, "diverged": bad})
-    summary = {"case": case, "optimizer": cls.__name__, "seeds": seeds, "steps": steps or own_steps,
-               "median first loss": statistics.median(firsts), "median last loss": statistics.median(lasts),
-               "max last loss": max(lasts), "trained (last < first / 2)": trained, "diverged": diverged,
-               "rose late (> 1.5x)": sum(r > 1.5 for r in rises), "max late rise": max(rises),
-               "s": round(time.perf_counter() - start, 1)}
-    print(format_table([summary], list(summary)), flush=True)
-    return rows, summary
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = run(cls, seed, steps or own_steps)
+    guard = any("best seen" in str(w.message) for w in caught)
+    first, last = float(losses[0]), float(losses[-1])
+    bad = guard or not math.isfinite(last) or last > first
+    return {"case": case, "optimizer": cls.__name__, "seed": seed, "steps": len(losses), "first_loss": first,
+            "last_loss": last, "late_rise": late_rise(losses), "guard_fired": guard, "diverged": bad,
+            "s": round(time.perf_counter() - start, 1)}
+
+
+def summarize(rows):
+    """One summary row per (case, optimizer), in the order the rows first name them."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["case"], row["optimizer"]), []).append(row)
+    summary = []
+    for (case, optimizer), group in groups.items():
+        lasts = [r["last_loss"] for r in group]
+        rises = [r["late_rise"] for r in group]
+        summary.append({
+            "case": case, "optimizer": optimizer, "seeds": len(group), "steps": group[0]["steps"],
+            "median first loss": statistics.median(r["first_loss"] for r in group),
+            "median last loss": statistics.median(lasts), "max last loss": max(lasts),
+            "trained (last < first / 2)": sum(not r["diverged"] and r["last_loss"] < 0.5 * r["first_loss"]
+                                              for r in group),
+            "diverged": sum(r["diverged"] for r in group), "rose late (> 1.5x)": sum(r > 1.5 for r in rises),
+            "max late rise": max(rises), "s": round(sum(r["s"] for r in group), 1)})
+    return summary
 
 
 def main(argv=None) -> int:
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, help="steps of every case (default: each case's own)")
     parser.add_argument("--optimizers", default="dopamine,wp", help=f"comma-separated of {', '.join(OPTIMIZERS)}")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--jobs", type=int, default=1, help="cases run in this many processes at once")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "defaults_cpu")
     args = parser.parse_args(argv)
     if args.threads:
@@ -146,17 +153,24 @@ def main(argv=None) -> int:
     if unknown or args.seeds < 1 or args.jobs < 1 or (args.steps is not None and args.steps < 1):
         parser.error(f"unknown case(s) or optimizer(s) {unknown}; cases: {', '.join(CASES)}; optimizers: "
                      f"{', '.join(OPTIMIZERS)}; --seeds, --jobs and --steps must be >= 1")
-    pairs = [(case, OPTIMIZERS[o], args.seeds, args.threads, args.steps) for case in cases for o in optimizers]
-    done = common.run_jobs(run_case, pairs, args.jobs)
-    rows = [row for case_rows, _ in done for row in case_rows]
-    summary = [case_summary for _, case_summary in done]
+    jobs = [(case, OPTIMIZERS[o], seed, args.threads, args.steps)
+            for case in cases for o in optimizers for seed in range(args.seeds)]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, args.out / "defaults_runs.csv")
+    rows = []
+
+    def keep(row):  # every finished seed is on disk, so a stopped run keeps what it measured
+        rows.append(row)
+        write_csv(rows, args.out / "defaults_runs.csv")
+        print(f"{row['case']} {row['optimizer']} seed {row['seed']}: last loss {row['last_loss']:.3g}, late rise "
+              f"{row['late_rise']:.3g}, guard {row['guard_fired']}, {row['s']} s", flush=True)
+
+    common.run_jobs(run_seed, jobs, args.jobs, on_done=keep)
+    summary = summarize(rows)
     write_csv(summary, args.out / "defaults_summary.csv")
     table = format_table(summary, list(summary[0]))
     (args.out / "defaults_summary.md").write_text(
         f"# Defaults over {args.seeds} seeds\n\n`python bench/bench_defaults.py {' '.join(argv or sys.argv[1:])}`"
-        f"\n\n{table}\n")
+        f"\n\n{table}\n\n`s`: the seeds' seconds summed (each seed runs in one process).\n")
     print(table)
     return 0
 

@@ -70,13 +70,33 @@ def parse_args(description: str, budget_s: float = 120.0, cuda_budget_s: float =
     return args
 
 
-def run_jobs(fn: Callable, jobs: List[tuple], processes: int) -> list:
-    """``[fn(*job) for job in jobs]``, in ``processes`` spawned processes at once when more than one."""
+def _call(fn_job):
+    fn, job = fn_job
+    return fn(*job)
+
+
+def run_jobs(fn: Callable, jobs: List[tuple], processes: int, on_done: Optional[Callable] = None) -> list:
+    """``[fn(*job) for job in jobs]``, in ``processes`` spawned processes at once when more than one.
+
+    ``on_done(result)`` sees each result as soon as it and those before it are done, so that a long run can keep
+    what it has finished if it is stopped."""
+    results = []
     if processes <= 1:
-        return [fn(*job) for job in jobs]
-    import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-        return pool.starmap(fn, jobs, chunksize=1)
+        stream = (fn(*job) for job in jobs)
+        pool = None
+    else:
+        import multiprocessing
+        pool = multiprocessing.get_context("spawn").Pool(min(processes, len(jobs)))
+        stream = pool.imap(_call, [(fn, job) for job in jobs], chunksize=1)
+    try:
+        for result in stream:
+            results.append(result)
+            if on_done is not None:
+                on_done(result)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return results
 
 
 def set_threads(n: int) -> None:
