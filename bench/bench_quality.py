@@ -256,6 +256,33 @@ def read_runs(path: Path) -> list:
                 for r in csv.DictReader(f)]
 
 
+def gather_runs(folders, tasks, out: Path) -> str:
+    """Write ``out/<task>/claims_runs.csv`` from the runs of several result folders, each method's rows from the
+    first folder that ran it on that task; return the lines saying which folder each came from."""
+    lines = ["Runs gathered from (`--gather`):"]
+    for task in tasks:
+        rows, taken = [], {}
+        for folder in folders:
+            path = folder / task / "claims_runs.csv"
+            if not path.exists():
+                continue
+            with open(path, newline="") as f:
+                found = list(csv.DictReader(f))
+            new = [r for r in found if r["optimizer"] not in taken]
+            for name in dict.fromkeys(r["optimizer"] for r in new):
+                taken[name] = folder
+            rows += new
+        if not rows:
+            raise FileNotFoundError(f"no folder of {', '.join(map(str, folders))} has runs of {task}")
+        (out / task).mkdir(parents=True, exist_ok=True)
+        with open(out / task / "claims_runs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        lines.append(f"- {task}: " + ", ".join(f"{o} from `{folder.name}`" for o, folder in taken.items()))
+    return "\n".join(lines) + "\n"
+
+
 def run_budget(task, args) -> dict:
     """This task's budget: ``seconds`` per run, or ``evaluations`` (steps of a K = 16 method, times ``--scale``)."""
     if args.seconds:
@@ -321,6 +348,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="tasks run in this many processes at once")
     parser.add_argument("--claims-only", action="store_true", help="judge the runs already under --out again "
                         "(rewrites claims.md), train nothing")
+    parser.add_argument("--gather", help="with --claims-only: comma-separated result folders whose runs are judged "
+                        "together, each method's from the first folder that has it (for a method that alone was "
+                        "rerun); they are copied under --out")
     args = parser.parse_args(argv)
 
     config = "paper" if args.paper else "cpu"
@@ -355,12 +385,20 @@ def main(argv=None) -> int:
             f"({STEPS[args.budget]['xor']} / {STEPS[args.budget]['chaotic']} steps of K = 16 on XOR / chaotic)"
             + (f" x {args.scale:g}" if args.scale != 1 else ""))
 
+    if args.gather and not args.claims_only:
+        parser.error("--gather goes with --claims-only")
     if args.claims_only:
+        sources = ""
+        if args.gather:
+            try:
+                sources = gather_runs([Path(d) for d in args.gather.split(",")], chosen, out)
+            except FileNotFoundError as e:
+                parser.error(f"--gather: {e}")
         per_task = {name: read_runs(out / name / "claims_runs.csv") for name in chosen}
         persistence = {name: getattr(get_task(name), "persistence_nrmse", math.nan) for name in chosen}
         old = (out / "claims.md").read_text() if (out / "claims.md").exists() else ""
         settings_line = old[old.index("Chosen settings"):] if "Chosen settings" in old else ""
-        (out / "claims.md").write_text(claims(per_task, persistence, mode) + "\n" + settings_line)
+        (out / "claims.md").write_text(claims(per_task, persistence, mode) + "\n" + (sources or settings_line))
         print((out / "claims.md").read_text())
         return 0
     jobs = [(name, cells[name], args, optimizers, device, out) for name in chosen]

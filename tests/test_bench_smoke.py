@@ -140,3 +140,52 @@ def test_member_flops_count_the_first_layer_once_per_batch_row():
     members = 5
     assert w.matmul_flops(members * 3) == 2.0 * members * 3 * 3 * 32 * 32
     assert w.member_flops(members) == 2.0 * 3 * 32 * 32 * (3 * members - (members - 1))
+
+
+def test_defaults_bench_spreads_seeds_over_processes_and_keeps_each_seed(tmp_path):
+    """Every (case, seed) is one job; the summary counts the seeds of each case whichever process ran them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_defaults.py"), "--seeds", "3", "--steps", "20", "--cases",
+           "xor_2-2-1,task_xor", "--optimizers", "dopamine", "--threads", "1", "--jobs", "2", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with open(tmp_path / "defaults_runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert sorted((r["case"], r["seed"]) for r in runs) == [(c, str(s)) for c in ("task_xor", "xor_2-2-1")
+                                                             for s in range(3)]
+    with open(tmp_path / "defaults_summary.csv") as f:
+        summary = {r["case"]: r for r in csv.DictReader(f)}
+    assert set(summary) == {"xor_2-2-1", "task_xor"} and all(r["seeds"] == "3" for r in summary.values())
+    first = [float(r["first_loss"]) for r in runs if r["case"] == "xor_2-2-1"]
+    assert float(summary["xor_2-2-1"]["median first loss"]) == sorted(first)[1]
+
+
+def _claims_runs(folder, task, rows):
+    (folder / task).mkdir(parents=True)
+    with open(folder / task / "claims_runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["task", "optimizer", "seed", "test_error", "diverged",
+                                               "evals_to_threshold", "s_to_threshold"])
+        writer.writeheader()
+        for optimizer, seed, error in rows:
+            writer.writerow({"task": task, "optimizer": optimizer, "seed": seed, "test_error": error,
+                             "diverged": False, "evals_to_threshold": 100, "s_to_threshold": 1.0})
+
+
+def test_quality_claims_gather_each_method_from_the_first_folder_that_ran_it(tmp_path):
+    """A method rerun alone is judged against the others' earlier runs: the first folder listed wins a method."""
+    new, old, out = tmp_path / "new", tmp_path / "old", tmp_path / "out"
+    _claims_runs(new, "noisy_xor", [("dopamine", s, 0.05) for s in range(3)])
+    _claims_runs(old, "noisy_xor", [("dopamine", s, 0.5) for s in range(3)] + [("wp", s, 0.1) for s in range(3)])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_quality.py"), "--claims-only", "--tasks", "noisy_xor",
+           "--gather", f"{new},{old}", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    claims = (out / "claims.md").read_text()
+    assert "tuned Dopamine vs tuned WP: median 0.05 vs 0.1: **better**" in claims
+    assert "noisy_xor: dopamine from `new`, wp from `old`" in claims
+    with open(out / "noisy_xor" / "claims_runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    missing = subprocess.run(cmd[:-4] + ["--gather", str(tmp_path / "none"), "--out", str(out)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "--gather: no folder" in missing.stderr
