@@ -274,11 +274,7 @@ def gather_runs(folders, tasks, out: Path) -> str:
             rows += new
         if not rows:
             raise FileNotFoundError(f"no folder of {', '.join(map(str, folders))} has runs of {task}")
-        (out / task).mkdir(parents=True, exist_ok=True)
-        with open(out / task / "claims_runs.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, out / task / "claims_runs.csv")
         lines.append(f"- {task}: " + ", ".join(f"{o} from `{folder.name}`" for o, folder in taken.items()))
     return "\n".join(lines) + "\n"
 
